@@ -1,0 +1,417 @@
+//! `bulkhead tenant …` and `bulkhead key …`: the operator at the console,
+//! working directly on the configured store. Tenants are named by name or id.
+
+use anyhow::{Context as _, bail};
+use bulkhead_core::config::Config;
+use bulkhead_core::keys::{self, KeyKind};
+use bulkhead_core::page::{Page, PageReq};
+use bulkhead_core::tenancy::{Scope, TenantStatus};
+use bulkhead_core::{KeyId, OperatorCtx, TenantId, Tier};
+use bulkhead_store::{ApiKey, DynStore, NewTenant, Tenant, TenantPatch};
+use clap::Subcommand;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        name: String,
+        #[arg(long, default_value = "shared")]
+        tier: Tier,
+        /// A JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant.
+    Show {
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a tenant's name, tier or metadata.
+    Update {
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        tier: Option<Tier>,
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Suspend a tenant (its keys are refused).
+    Suspend { tenant: String },
+    /// Resume a suspended tenant.
+    Resume { tenant: String },
+    /// Delete a tenant and all of its data.
+    Delete {
+        tenant: String,
+        /// Confirm: deletion cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a key; the secret is printed once.
+    Create {
+        /// Tenant (name or id); omit with --operator.
+        #[arg(long, required_unless_present = "operator")]
+        tenant: Option<String>,
+        /// Create an operator key instead.
+        #[arg(long, conflicts_with_all = ["tenant", "scope"])]
+        operator: bool,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[arg(long)]
+        scope: Option<Scope>,
+        /// Expire after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys of a tenant, or operator keys.
+    List {
+        #[arg(long, required_unless_present = "operator")]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "tenant")]
+        operator: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key.
+    Revoke {
+        key_id: KeyId,
+        #[arg(long, required_unless_present = "operator")]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "tenant")]
+        operator: bool,
+    },
+}
+
+fn fail(e: impl Into<bulkhead_core::Error>) -> anyhow::Error {
+    let e = e.into();
+    anyhow::anyhow!("{}: {}", e.code, e.message)
+}
+
+async fn open(config: &Config) -> anyhow::Result<DynStore> {
+    bulkhead_store::open(&config.store)
+        .await
+        .context("opening the store")
+}
+
+async fn resolve(store: &DynStore, op: &OperatorCtx, tenant: &str) -> anyhow::Result<Tenant> {
+    let found = match tenant.parse::<TenantId>() {
+        Ok(id) => store.get_tenant(op, id).await,
+        Err(_) => store.find_tenant_by_name(op, tenant).await,
+    };
+    found.map_err(|_| anyhow::anyhow!("no tenant {tenant:?}"))
+}
+
+fn parse_metadata(raw: Option<&str>) -> anyhow::Result<Option<serde_json::Value>> {
+    raw.map(|s| serde_json::from_str(s).context("--metadata must be a JSON object"))
+        .transpose()
+}
+
+fn ts(at: time::OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+fn tenant_json(t: &Tenant) -> serde_json::Value {
+    json!({
+        "id": t.id, "name": t.name, "tier": t.tier, "status": t.status,
+        "metadata": t.metadata, "created_at": ts(t.created_at), "updated_at": ts(t.updated_at),
+    })
+}
+
+fn key_json(k: &ApiKey) -> serde_json::Value {
+    json!({
+        "id": k.id, "tenant_id": k.tenant_id, "name": k.name, "prefix": k.prefix, "scope": k.scope,
+        "created_at": ts(k.created_at), "expires_at": k.expires_at.map(ts),
+        "revoked_at": k.revoked_at.map(ts), "last_used_at": k.last_used_at.map(ts),
+    })
+}
+
+/// Prints rows as an aligned table.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// Every item of a paginated list.
+async fn collect_all<T, F, Fut>(
+    mut fetch: F,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(PageReq) -> Fut,
+    Fut: std::future::Future<Output = bulkhead_store::Result<Page<T>>>,
+{
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = fetch(PageReq::new(Some(500), after).map_err(fail)?)
+            .await
+            .map_err(fail)?;
+        after = page.items.last().map(&id);
+        let more = page.has_more;
+        all.extend(page.items);
+        if !more {
+            return Ok(all);
+        }
+    }
+}
+
+fn print_tenants(tenants: &[Tenant], as_json: bool) {
+    if as_json {
+        let list: Vec<_> = tenants.iter().map(tenant_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return;
+    }
+    table(
+        &["ID", "NAME", "TIER", "STATUS", "CREATED"],
+        tenants
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.to_string(),
+                    t.name.clone(),
+                    t.tier.to_string(),
+                    t.status.as_str().into(),
+                    ts(t.created_at),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let op = OperatorCtx::local_cli();
+    match cmd {
+        TenantCmd::Create {
+            name,
+            tier,
+            metadata,
+            json,
+        } => {
+            let metadata = parse_metadata(metadata.as_deref())?.unwrap_or_else(|| json!({}));
+            let t = store
+                .create_tenant(
+                    &op,
+                    NewTenant {
+                        name,
+                        tier,
+                        metadata,
+                    },
+                )
+                .await
+                .map_err(fail)?;
+            print_tenants(&[t], json);
+        }
+        TenantCmd::List { json } => {
+            let all =
+                collect_all(|p| store.list_tenants(&op, p), |t: &Tenant| t.id.as_uuid()).await?;
+            print_tenants(&all, json);
+        }
+        TenantCmd::Show { tenant, json } => {
+            let t = resolve(&store, &op, &tenant).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tenant_json(&t))?);
+            } else {
+                print_tenants(std::slice::from_ref(&t), false);
+                println!("metadata: {}", t.metadata);
+            }
+        }
+        TenantCmd::Update {
+            tenant,
+            name,
+            tier,
+            metadata,
+        } => {
+            let t = resolve(&store, &op, &tenant).await?;
+            let patch = TenantPatch {
+                name,
+                tier,
+                status: None,
+                metadata: parse_metadata(metadata.as_deref())?,
+            };
+            let t = store.update_tenant(&op, t.id, patch).await.map_err(fail)?;
+            print_tenants(&[t], false);
+        }
+        TenantCmd::Suspend { tenant } => {
+            let t = resolve(&store, &op, &tenant).await?;
+            let patch = TenantPatch {
+                status: Some(TenantStatus::Suspended),
+                ..Default::default()
+            };
+            print_tenants(
+                &[store.update_tenant(&op, t.id, patch).await.map_err(fail)?],
+                false,
+            );
+        }
+        TenantCmd::Resume { tenant } => {
+            let t = resolve(&store, &op, &tenant).await?;
+            let patch = TenantPatch {
+                status: Some(TenantStatus::Active),
+                ..Default::default()
+            };
+            print_tenants(
+                &[store.update_tenant(&op, t.id, patch).await.map_err(fail)?],
+                false,
+            );
+        }
+        TenantCmd::Delete { tenant, yes } => {
+            let t = resolve(&store, &op, &tenant).await?;
+            if !yes {
+                bail!(
+                    "deleting {} removes all of its data; add --yes to confirm",
+                    t.name
+                );
+            }
+            store.delete_tenant(&op, t.id).await.map_err(fail)?;
+            println!("deleted tenant {} ({})", t.name, t.id);
+        }
+    }
+    Ok(())
+}
+
+fn print_keys(keys: &[ApiKey], as_json: bool) {
+    if as_json {
+        let list: Vec<_> = keys.iter().map(key_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return;
+    }
+    table(
+        &[
+            "ID", "PREFIX", "NAME", "SCOPE", "CREATED", "EXPIRES", "REVOKED",
+        ],
+        keys.iter()
+            .map(|k| {
+                vec![
+                    k.id.to_string(),
+                    k.prefix.clone(),
+                    k.name.clone(),
+                    k.scope.map(|s| s.as_str()).unwrap_or("operator").into(),
+                    ts(k.created_at),
+                    k.expires_at.map(ts).unwrap_or_else(|| "-".into()),
+                    k.revoked_at.map(ts).unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let op = OperatorCtx::local_cli();
+    match cmd {
+        KeyCmd::Create {
+            tenant,
+            operator,
+            name,
+            scope,
+            expires_in_days,
+            json,
+        } => {
+            let expires_at = expires_in_days
+                .map(|d| time::OffsetDateTime::now_utc() + time::Duration::days(d.into()));
+            let (new, key) = if operator {
+                let new = keys::generate(KeyKind::Operator);
+                let key = store
+                    .create_operator_key(&op, &name, &new, expires_at)
+                    .await
+                    .map_err(fail)?;
+                (new, key)
+            } else {
+                let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
+                let ctx = op.act_for(t.id);
+                let new = keys::generate(KeyKind::Tenant);
+                let scope = scope.unwrap_or(Scope::TenantApp);
+                let key = store
+                    .create_tenant_key(&ctx, &name, scope, &new, expires_at)
+                    .await
+                    .map_err(fail)?;
+                (new, key)
+            };
+            if json {
+                let mut v = key_json(&key);
+                v["secret"] = json!(new.secret);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_keys(&[key], false);
+                println!("secret (shown once, store it now): {}", new.secret);
+            }
+        }
+        KeyCmd::List {
+            tenant,
+            operator,
+            json,
+        } => {
+            let all = if operator {
+                collect_all(
+                    |p| store.list_operator_keys(&op, p),
+                    |k: &ApiKey| k.id.as_uuid(),
+                )
+                .await?
+            } else {
+                let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
+                let ctx = op.act_for(t.id);
+                collect_all(
+                    |p| store.list_tenant_keys(&ctx, p),
+                    |k: &ApiKey| k.id.as_uuid(),
+                )
+                .await?
+            };
+            print_keys(&all, json);
+        }
+        KeyCmd::Revoke {
+            key_id,
+            tenant,
+            operator,
+        } => {
+            let key = if operator {
+                store.revoke_operator_key(&op, key_id).await.map_err(fail)?
+            } else {
+                let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
+                store
+                    .revoke_tenant_key(&op.act_for(t.id), key_id)
+                    .await
+                    .map_err(fail)?
+            };
+            print_keys(&[key], false);
+        }
+    }
+    Ok(())
+}

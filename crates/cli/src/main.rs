@@ -1,0 +1,109 @@
+//! The `bulkhead` binary: `serve` runs the platform; `tenant`, `key` and
+//! `migrate` administer a store directly (the operator at the console).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use bulkhead_core::config::Config;
+use clap::{Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
+
+mod admin;
+mod serve;
+
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead", version, about = "Multi-tenant AI agent platform")]
+struct Cli {
+    /// TOML configuration file (default: ./bulkhead.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded (SQLite) store.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL; when given, PostgreSQL is the store.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API.
+    Serve(serve::ServeArgs),
+    /// Create or update the store's schema, then exit.
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(admin::TenantCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(admin::KeyCmd),
+}
+
+impl Cli {
+    /// Only the flags actually given, as the top configuration layer.
+    fn flags(&self) -> Figment {
+        let mut fig = Figment::new();
+        if let Some(dir) = &self.data_dir {
+            fig = fig.merge(Serialized::default("store.data_dir", dir));
+        }
+        if let Some(url) = &self.database_url {
+            fig = fig.merge(Serialized::default("store.database_url", url));
+        }
+        if let Command::Serve(args) = &self.command {
+            if let Some(listen) = &args.listen {
+                fig = fig.merge(Serialized::default("server.listen", listen));
+            }
+        }
+        fig
+    }
+}
+
+fn init_logging(config: &Config, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(if default_level.is_empty() {
+            &config.log.filter
+        } else {
+            default_level
+        })
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config =
+        Config::load(cli.config.as_deref(), &cli.flags()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Admin commands print results on stdout; keep their logs to warnings.
+    init_logging(
+        &config,
+        if matches!(cli.command, Command::Serve(_)) {
+            ""
+        } else {
+            "warn"
+        },
+    );
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(config, args).await,
+            Command::Migrate => {
+                let store = bulkhead_store::open(&config.store).await?;
+                println!("store ({}) is up to date", store.backend());
+                Ok(())
+            }
+            Command::Tenant(cmd) => admin::tenant(&config, cmd).await,
+            Command::Key(cmd) => admin::key(&config, cmd).await,
+        }
+    })
+}

@@ -1,0 +1,235 @@
+//! The one typed configuration tree, layered: built-in defaults → TOML file →
+//! `BULKHEAD_*` environment (and `DATABASE_URL`) → command-line flags.
+//! Validated once at start, then passed down as sub-structs; nothing deeper
+//! reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where the embedded store (SQLite) keeps its files.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL URL; when set, PostgreSQL is the store. Migrations run as
+    /// this URL's role (the owner); queries run as `app_role`.
+    pub database_url: Option<String>,
+    /// The PostgreSQL role the server works as: not the owner, no BYPASSRLS.
+    pub app_role: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Operator key to install on first start instead of generating one.
+    pub operator_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info,bulkhead=debug`.
+    pub filter: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 2 * 1024 * 1024,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./bulkhead-data"),
+            database_url: None,
+            app_role: "bulkhead_app".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Flat environment names, for the settings people set most, mapped into
+/// the tree; anything else is `BULKHEAD_SECTION__KEY`.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("LISTEN", "server.listen"),
+    ("MAX_BODY_BYTES", "server.max_body_bytes"),
+    ("DATA_DIR", "store.data_dir"),
+    ("DATABASE_URL", "store.database_url"),
+    ("APP_ROLE", "store.app_role"),
+    ("OPERATOR_KEY", "auth.operator_key"),
+    ("LOG_FORMAT", "log.format"),
+    ("LOG", "log.filter"),
+];
+
+impl Config {
+    /// Loads the layers. `file` is read if given (it must exist) or, when
+    /// `None`, `bulkhead.toml` in the working directory if present. `flags`
+    /// holds only the settings given on the command line.
+    pub fn load(file: Option<&Path>, flags: &Figment) -> Result<Self, Error> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(Error::invalid(format!(
+                    "config file {} not found",
+                    path.display()
+                )));
+            }
+            Some(path) => fig = fig.merge(Toml::file_exact(path)),
+            None => fig = fig.merge(Toml::file("bulkhead.toml")),
+        }
+        // Only aliases and nested `SECTION__KEY` names are configuration;
+        // other BULKHEAD_* variables (test and script knobs) are not ours.
+        let env = Env::prefixed("BULKHEAD_")
+            .filter(|key| {
+                let upper = key.as_str().to_ascii_uppercase();
+                upper.contains("__") || ENV_ALIASES.iter().any(|(alias, _)| *alias == upper)
+            })
+            .map(|key| {
+                let upper = key.as_str().to_ascii_uppercase();
+                ENV_ALIASES
+                    .iter()
+                    .find(|(alias, _)| *alias == upper)
+                    .map(|(_, path)| (*path).into())
+                    .unwrap_or_else(|| key.as_str().replace("__", ".").into())
+            });
+        // Ignore keys we do not know only for the conventional DATABASE_URL.
+        fig = fig
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "store.database_url".into()),
+            )
+            .merge(env)
+            .merge(flags.clone());
+        let config: Config = fig
+            .extract()
+            .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.server.max_body_bytes < 1024 {
+            return Err(Error::invalid(
+                "server.max_body_bytes must be at least 1024",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(Error::invalid("log.format must be `text` or `json`"));
+        }
+        if let Some(url) = &self.store.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(Error::invalid(
+                    "store.database_url must be a postgres:// URL",
+                ));
+            }
+        }
+        let role_ok = !self.store.app_role.is_empty()
+            && self
+                .store
+                .app_role
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !role_ok {
+            return Err(Error::invalid(
+                "store.app_role must be lowercase letters, digits and `_`",
+            ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(Error::invalid("store.max_connections must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_apply_in_order_flags_win() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "bulkhead.toml",
+                "[server]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 4096\n[store]\ndata_dir = \"/from/file\"\n",
+            )?;
+            jail.set_env("BULKHEAD_DATA_DIR", "/from/env");
+            jail.set_env("BULKHEAD_LOG__FORMAT", "json");
+            jail.set_env("BULKHEAD_TEST_SOMETHING_ELSE", "not configuration");
+            let flags = Figment::from(Serialized::default("server.listen", "127.0.0.1:9999"));
+            let c = Config::load(None, &flags).expect("load");
+            assert_eq!(c.server.listen.port(), 9999); // flag beats file
+            assert_eq!(c.server.max_body_bytes, 4096); // file beats default
+            assert_eq!(c.store.data_dir, PathBuf::from("/from/env")); // env beats file
+            assert_eq!(c.log.format, "json");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BULKHEAD_LOG_FORMAT", "xml");
+            assert!(Config::load(None, &Figment::new()).is_err());
+            jail.set_env("BULKHEAD_LOG_FORMAT", "text");
+            jail.set_env("DATABASE_URL", "mysql://x");
+            assert!(Config::load(None, &Figment::new()).is_err());
+            Ok(())
+        });
+    }
+}

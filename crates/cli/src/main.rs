@@ -52,10 +52,10 @@ impl Cli {
         if let Some(url) = &self.database_url {
             fig = fig.merge(Serialized::default("store.database_url", url));
         }
-        if let Command::Serve(args) = &self.command {
-            if let Some(listen) = &args.listen {
-                fig = fig.merge(Serialized::default("server.listen", listen));
-            }
+        if let Command::Serve(args) = &self.command
+            && let Some(listen) = &args.listen
+        {
+            fig = fig.merge(Serialized::default("server.listen", listen));
         }
         fig
     }

@@ -14,6 +14,7 @@ use crate::Error;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
@@ -91,17 +92,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            store: StoreConfig::default(),
-            auth: AuthConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 /// Flat environment names, for the settings people set most, mapped into
 /// the tree; anything else is `BULKHEAD_SECTION__KEY`.
 const ENV_ALIASES: &[(&str, &str)] = &[
@@ -171,12 +161,12 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(Error::invalid("log.format must be `text` or `json`"));
         }
-        if let Some(url) = &self.store.database_url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(Error::invalid(
-                    "store.database_url must be a postgres:// URL",
-                ));
-            }
+        if let Some(url) = &self.store.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(Error::invalid(
+                "store.database_url must be a postgres:// URL",
+            ));
         }
         let role_ok = !self.store.app_role.is_empty()
             && self
@@ -189,6 +179,9 @@ impl Config {
                 "store.app_role must be lowercase letters, digits and `_`",
             ));
         }
+        if let Some(key) = &self.auth.operator_key {
+            crate::keys::import(key, crate::keys::KeyKind::Operator)?;
+        }
         if self.store.max_connections == 0 {
             return Err(Error::invalid("store.max_connections must be at least 1"));
         }
@@ -197,6 +190,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail returns its own large error type
 mod tests {
     use super::*;
     use figment::Jail;

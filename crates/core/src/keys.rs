@@ -64,13 +64,15 @@ pub fn generate(kind: KeyKind) -> NewKey {
 /// Builds a key from an operator-supplied string (e.g. `BULKHEAD_OPERATOR_KEY`):
 /// it must have the key format, so its prefix can be looked up.
 pub fn import(secret: &str, kind: KeyKind) -> Result<NewKey, Error> {
-    let parsed = parse(secret)?;
+    let malformed = || {
+        let tag = kind.tag();
+        Error::invalid(format!(
+            "a configured key must look like bh_{tag}_<12 hex digits>_<43+ base64url characters>"
+        ))
+    };
+    let parsed = parse(secret).map_err(|_| malformed())?;
     if parsed.kind != kind || secret.len() < parsed.prefix.len() + 1 + 43 {
-        return Err(Error::invalid(format!(
-            "a {} key must look like bh_{}_<12 hex>_<43+ base64url chars>",
-            kind.tag(),
-            kind.tag()
-        )));
+        return Err(malformed());
     }
     Ok(NewKey {
         secret: secret.to_owned(),
@@ -299,5 +301,9 @@ mod tests {
         );
         assert!(import(&key.secret, KeyKind::Tenant).is_err());
         assert!(import("bh_op_0123456789ab_short", KeyKind::Operator).is_err());
+        assert_eq!(
+            import("not-a-key", KeyKind::Operator).unwrap_err().code,
+            Code::InvalidRequest
+        );
     }
 }

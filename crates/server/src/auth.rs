@@ -64,15 +64,15 @@ pub async fn authenticate(
             span.record("operator", tracing::field::debug(op.key_id()));
         }
     }
-    if let Some(key_id) = principal.key_id() {
-        if last_used.is_none_or(|at| now - at > TOUCH_EVERY) {
-            let store = state.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.touch_key(key_id, now).await {
-                    tracing::warn!(error = %e, "could not record key use");
-                }
-            });
-        }
+    if let Some(key_id) = principal.key_id()
+        && last_used.is_none_or(|at| now - at > TOUCH_EVERY)
+    {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_key(key_id, now).await {
+                tracing::warn!(error = %e, "could not record key use");
+            }
+        });
     }
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)

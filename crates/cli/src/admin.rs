@@ -104,9 +104,7 @@ fn fail(e: impl Into<bulkhead_core::Error>) -> anyhow::Error {
 }
 
 async fn open(config: &Config) -> anyhow::Result<DynStore> {
-    bulkhead_store::open(&config.store)
-        .await
-        .context("opening the store")
+    bulkhead_store::open(&config.store).await.context("opening the store")
 }
 
 async fn resolve(store: &DynStore, op: &OperatorCtx, tenant: &str) -> anyhow::Result<Tenant> {
@@ -118,8 +116,7 @@ async fn resolve(store: &DynStore, op: &OperatorCtx, tenant: &str) -> anyhow::Re
 }
 
 fn parse_metadata(raw: Option<&str>) -> anyhow::Result<Option<serde_json::Value>> {
-    raw.map(|s| serde_json::from_str(s).context("--metadata must be a JSON object"))
-        .transpose()
+    raw.map(|s| serde_json::from_str(s).context("--metadata must be a JSON object")).transpose()
 }
 
 fn ts(at: time::OffsetDateTime) -> String {
@@ -150,11 +147,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
@@ -164,10 +157,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 /// Every item of a paginated list.
-async fn collect_all<T, F, Fut>(
-    mut fetch: F,
-    id: impl Fn(&T) -> uuid::Uuid,
-) -> anyhow::Result<Vec<T>>
+async fn collect_all<T, F, Fut>(mut fetch: F, id: impl Fn(&T) -> uuid::Uuid) -> anyhow::Result<Vec<T>>
 where
     F: FnMut(PageReq) -> Fut,
     Fut: std::future::Future<Output = bulkhead_store::Result<Page<T>>>,
@@ -175,9 +165,7 @@ where
     let mut all = Vec::new();
     let mut after = None;
     loop {
-        let page = fetch(PageReq::new(Some(500), after).map_err(fail)?)
-            .await
-            .map_err(fail)?;
+        let page = fetch(PageReq::new(Some(500), after).map_err(fail)?).await.map_err(fail)?;
         after = page.items.last().map(&id);
         let more = page.has_more;
         all.extend(page.items);
@@ -190,10 +178,7 @@ where
 fn print_tenants(tenants: &[Tenant], as_json: bool) {
     if as_json {
         let list: Vec<_> = tenants.iter().map(tenant_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
         return;
     }
     table(
@@ -217,29 +202,13 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
     let store = open(config).await?;
     let op = OperatorCtx::local_cli();
     match cmd {
-        TenantCmd::Create {
-            name,
-            tier,
-            metadata,
-            json,
-        } => {
+        TenantCmd::Create { name, tier, metadata, json } => {
             let metadata = parse_metadata(metadata.as_deref())?.unwrap_or_else(|| json!({}));
-            let t = store
-                .create_tenant(
-                    &op,
-                    NewTenant {
-                        name,
-                        tier,
-                        metadata,
-                    },
-                )
-                .await
-                .map_err(fail)?;
+            let t = store.create_tenant(&op, NewTenant { name, tier, metadata }).await.map_err(fail)?;
             print_tenants(&[t], json);
         }
         TenantCmd::List { json } => {
-            let all =
-                collect_all(|p| store.list_tenants(&op, p), |t: &Tenant| t.id.as_uuid()).await?;
+            let all = collect_all(|p| store.list_tenants(&op, p), |t: &Tenant| t.id.as_uuid()).await?;
             print_tenants(&all, json);
         }
         TenantCmd::Show { tenant, json } => {
@@ -251,51 +220,27 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
                 println!("metadata: {}", t.metadata);
             }
         }
-        TenantCmd::Update {
-            tenant,
-            name,
-            tier,
-            metadata,
-        } => {
+        TenantCmd::Update { tenant, name, tier, metadata } => {
             let t = resolve(&store, &op, &tenant).await?;
-            let patch = TenantPatch {
-                name,
-                tier,
-                status: None,
-                metadata: parse_metadata(metadata.as_deref())?,
-            };
+            let patch =
+                TenantPatch { name, tier, status: None, metadata: parse_metadata(metadata.as_deref())? };
             let t = store.update_tenant(&op, t.id, patch).await.map_err(fail)?;
             print_tenants(&[t], false);
         }
         TenantCmd::Suspend { tenant } => {
             let t = resolve(&store, &op, &tenant).await?;
-            let patch = TenantPatch {
-                status: Some(TenantStatus::Suspended),
-                ..Default::default()
-            };
-            print_tenants(
-                &[store.update_tenant(&op, t.id, patch).await.map_err(fail)?],
-                false,
-            );
+            let patch = TenantPatch { status: Some(TenantStatus::Suspended), ..Default::default() };
+            print_tenants(&[store.update_tenant(&op, t.id, patch).await.map_err(fail)?], false);
         }
         TenantCmd::Resume { tenant } => {
             let t = resolve(&store, &op, &tenant).await?;
-            let patch = TenantPatch {
-                status: Some(TenantStatus::Active),
-                ..Default::default()
-            };
-            print_tenants(
-                &[store.update_tenant(&op, t.id, patch).await.map_err(fail)?],
-                false,
-            );
+            let patch = TenantPatch { status: Some(TenantStatus::Active), ..Default::default() };
+            print_tenants(&[store.update_tenant(&op, t.id, patch).await.map_err(fail)?], false);
         }
         TenantCmd::Delete { tenant, yes } => {
             let t = resolve(&store, &op, &tenant).await?;
             if !yes {
-                bail!(
-                    "deleting {} removes all of its data; add --yes to confirm",
-                    t.name
-                );
+                bail!("deleting {} removes all of its data; add --yes to confirm", t.name);
             }
             store.delete_tenant(&op, t.id).await.map_err(fail)?;
             println!("deleted tenant {} ({})", t.name, t.id);
@@ -307,16 +252,11 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
 fn print_keys(keys: &[ApiKey], as_json: bool) {
     if as_json {
         let list: Vec<_> = keys.iter().map(key_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
         return;
     }
     table(
-        &[
-            "ID", "PREFIX", "NAME", "SCOPE", "CREATED", "EXPIRES", "REVOKED",
-        ],
+        &["ID", "PREFIX", "NAME", "SCOPE", "CREATED", "EXPIRES", "REVOKED"],
         keys.iter()
             .map(|k| {
                 vec![
@@ -337,32 +277,20 @@ pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<()> {
     let store = open(config).await?;
     let op = OperatorCtx::local_cli();
     match cmd {
-        KeyCmd::Create {
-            tenant,
-            operator,
-            name,
-            scope,
-            expires_in_days,
-            json,
-        } => {
-            let expires_at = expires_in_days
-                .map(|d| time::OffsetDateTime::now_utc() + time::Duration::days(d.into()));
+        KeyCmd::Create { tenant, operator, name, scope, expires_in_days, json } => {
+            let expires_at =
+                expires_in_days.map(|d| time::OffsetDateTime::now_utc() + time::Duration::days(d.into()));
             let (new, key) = if operator {
                 let new = keys::generate(KeyKind::Operator);
-                let key = store
-                    .create_operator_key(&op, &name, &new, expires_at)
-                    .await
-                    .map_err(fail)?;
+                let key = store.create_operator_key(&op, &name, &new, expires_at).await.map_err(fail)?;
                 (new, key)
             } else {
                 let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
                 let ctx = op.act_for(t.id);
                 let new = keys::generate(KeyKind::Tenant);
                 let scope = scope.unwrap_or(Scope::TenantApp);
-                let key = store
-                    .create_tenant_key(&ctx, &name, scope, &new, expires_at)
-                    .await
-                    .map_err(fail)?;
+                let key =
+                    store.create_tenant_key(&ctx, &name, scope, &new, expires_at).await.map_err(fail)?;
                 (new, key)
             };
             if json {
@@ -374,44 +302,122 @@ pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<()> {
                 println!("secret (shown once, store it now): {}", new.secret);
             }
         }
-        KeyCmd::List {
-            tenant,
-            operator,
-            json,
-        } => {
+        KeyCmd::List { tenant, operator, json } => {
             let all = if operator {
-                collect_all(
-                    |p| store.list_operator_keys(&op, p),
-                    |k: &ApiKey| k.id.as_uuid(),
-                )
-                .await?
+                collect_all(|p| store.list_operator_keys(&op, p), |k: &ApiKey| k.id.as_uuid()).await?
             } else {
                 let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
                 let ctx = op.act_for(t.id);
-                collect_all(
-                    |p| store.list_tenant_keys(&ctx, p),
-                    |k: &ApiKey| k.id.as_uuid(),
-                )
-                .await?
+                collect_all(|p| store.list_tenant_keys(&ctx, p), |k: &ApiKey| k.id.as_uuid()).await?
             };
             print_keys(&all, json);
         }
-        KeyCmd::Revoke {
-            key_id,
-            tenant,
-            operator,
-        } => {
+        KeyCmd::Revoke { key_id, tenant, operator } => {
             let key = if operator {
                 store.revoke_operator_key(&op, key_id).await.map_err(fail)?
             } else {
                 let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
-                store
-                    .revoke_tenant_key(&op.act_for(t.id), key_id)
-                    .await
-                    .map_err(fail)?
+                store.revoke_tenant_key(&op.act_for(t.id), key_id).await.map_err(fail)?
             };
             print_keys(&[key], false);
         }
     }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// One tenant (name or id); all tenants when left out.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Start: RFC 3339 time or YYYY-MM-DD (UTC).
+    #[arg(long)]
+    from: Option<String>,
+    /// End (exclusive): RFC 3339 time or YYYY-MM-DD (UTC).
+    #[arg(long)]
+    to: Option<String>,
+    /// Comma-separated: tenant, day, kind, model, agent.
+    #[arg(long, default_value = "day,model")]
+    group_by: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_when(raw: &str) -> anyhow::Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(raw, &Rfc3339)
+        .ok()
+        .or_else(|| bulkhead_store::usage::parse_day(raw).map(|d| d.midnight().assume_utc()))
+        .ok_or_else(|| anyhow::anyhow!("{raw:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
+}
+
+pub async fn usage(config: &Config, args: UsageArgs) -> anyhow::Result<()> {
+    use bulkhead_store::{GroupBy, UsageQuery, UsageScope};
+    let store = open(config).await?;
+    let op = OperatorCtx::local_cli();
+    let mut group_by = Vec::new();
+    for part in args.group_by.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        group_by.push(part.parse::<GroupBy>().map_err(fail)?);
+    }
+    let query = UsageQuery {
+        from: args.from.as_deref().map(parse_when).transpose()?,
+        to: args.to.as_deref().map(parse_when).transpose()?,
+        group_by: group_by.clone(),
+        ..Default::default()
+    };
+    let rows = match &args.tenant {
+        Some(t) => {
+            let t = resolve(&store, &op, t).await?;
+            store.usage_summary(UsageScope::Tenant(&op.act_for(t.id)), &query).await.map_err(fail)?
+        }
+        None => store.usage_summary(UsageScope::Platform(&op), &query).await.map_err(fail)?,
+    };
+    let cell = |r: &bulkhead_store::UsageRow, g: GroupBy| match g {
+        GroupBy::Tenant => r.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+        GroupBy::Day => r.day.map(|d| d.to_string()).unwrap_or_default(),
+        GroupBy::Kind => r.kind.map(|k| k.to_string()).unwrap_or_default(),
+        GroupBy::Name => r.name.clone().unwrap_or_default(),
+        GroupBy::Agent => r.agent_id.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+    };
+    let name = |g: GroupBy| match g {
+        GroupBy::Tenant => "TENANT",
+        GroupBy::Day => "DAY",
+        GroupBy::Kind => "KIND",
+        GroupBy::Name => "MODEL",
+        GroupBy::Agent => "AGENT",
+    };
+    if args.json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let mut v = json!({
+                    "events": r.events, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                    "cached_input_tokens": r.cached_input_tokens, "quantity": r.quantity, "cost_usd": r.cost,
+                });
+                for g in &group_by {
+                    v[name(*g).to_lowercase()] = json!(cell(r, *g));
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let mut header: Vec<&str> = group_by.iter().map(|g| name(*g)).collect();
+    header.extend(["EVENTS", "INPUT TOK", "OUTPUT TOK", "COST USD"]);
+    table(
+        &header,
+        rows.iter()
+            .map(|r| {
+                let mut row: Vec<String> = group_by.iter().map(|g| cell(r, *g)).collect();
+                row.extend([
+                    r.events.to_string(),
+                    r.input_tokens.to_string(),
+                    r.output_tokens.to_string(),
+                    r.cost.to_string(),
+                ]);
+                row
+            })
+            .collect(),
+    );
     Ok(())
 }

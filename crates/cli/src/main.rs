@@ -40,6 +40,8 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(admin::KeyCmd),
+    /// Usage and cost, as a table.
+    Usage(admin::UsageArgs),
 }
 
 impl Cli {
@@ -52,10 +54,13 @@ impl Cli {
         if let Some(url) = &self.database_url {
             fig = fig.merge(Serialized::default("store.database_url", url));
         }
-        if let Command::Serve(args) = &self.command
-            && let Some(listen) = &args.listen
-        {
-            fig = fig.merge(Serialized::default("server.listen", listen));
+        if let Command::Serve(args) = &self.command {
+            if let Some(listen) = &args.listen {
+                fig = fig.merge(Serialized::default("server.listen", listen));
+            }
+            if let Some(url) = &args.redis_url {
+                fig = fig.merge(Serialized::default("limits.redis_url", url));
+            }
         }
         fig
     }
@@ -64,15 +69,9 @@ impl Cli {
 fn init_logging(config: &Config, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(if default_level.is_empty() {
-            &config.log.filter
-        } else {
-            default_level
-        })
+        EnvFilter::new(if default_level.is_empty() { &config.log.filter } else { default_level })
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -82,17 +81,9 @@ fn init_logging(config: &Config, default_level: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config =
-        Config::load(cli.config.as_deref(), &cli.flags()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = Config::load(cli.config.as_deref(), &cli.flags()).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Admin commands print results on stdout; keep their logs to warnings.
-    init_logging(
-        &config,
-        if matches!(cli.command, Command::Serve(_)) {
-            ""
-        } else {
-            "warn"
-        },
-    );
+    init_logging(&config, if matches!(cli.command, Command::Serve(_)) { "" } else { "warn" });
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -104,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Tenant(cmd) => admin::tenant(&config, cmd).await,
             Command::Key(cmd) => admin::key(&config, cmd).await,
+            Command::Usage(args) => admin::usage(&config, args).await,
         }
     })
 }

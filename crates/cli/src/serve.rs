@@ -13,19 +13,18 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Redis URL for limits shared by all replicas (default: in-process).
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
 }
 
 pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
-    let store = bulkhead_store::open(&config.store)
-        .await
-        .context("opening the store")?;
+    let store = bulkhead_store::open(&config.store).await.context("opening the store")?;
     tracing::info!(backend = store.backend(), "store ready");
-    let generated = bulkhead_server::bootstrap::ensure_operator_key(
-        &store,
-        config.auth.operator_key.as_deref(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("installing the operator key: {e}"))?;
+    let generated =
+        bulkhead_server::bootstrap::ensure_operator_key(&store, config.auth.operator_key.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("installing the operator key: {e}"))?;
     if let Some(secret) = generated {
         // Printed once; the store keeps only its hash.
         println!("operator key (shown once, store it now): {secret}");
@@ -37,7 +36,10 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    bulkhead_server::serve(listener, AppState::new(store, config.server), shutdown).await?;
+    let metering = bulkhead_server::bootstrap::metering(&config, &store)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting metering: {e}"))?;
+    bulkhead_server::serve(listener, AppState::new(store, metering, config.server), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

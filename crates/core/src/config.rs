@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{Error, Money};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +20,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub metering: MeteringConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +53,58 @@ pub struct StoreConfig {
 pub struct AuthConfig {
     /// Operator key to install on first start instead of generating one.
     pub operator_key: Option<String>,
+}
+
+/// Prices and the ledger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// A TOML model catalog that extends or overrides the shipped one.
+    pub catalog_file: Option<PathBuf>,
+    /// Price of one tool call, unless the tool has its own.
+    pub tool_call_price: Money,
+    /// Per-tool prices per call.
+    pub tool_prices: std::collections::BTreeMap<String, Money>,
+    /// Price of one second of sandbox CPU time.
+    pub sandbox_cpu_second_price: Money,
+    /// How long an unsettled budget reservation lives.
+    pub reservation_ttl_secs: u64,
+    /// Usage writes queued before callers wait.
+    pub ledger_queue: usize,
+    /// Largest batch written in one transaction.
+    pub ledger_batch: usize,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self {
+            catalog_file: None,
+            tool_call_price: Money::ZERO,
+            tool_prices: Default::default(),
+            sandbox_cpu_second_price: Money::ZERO,
+            reservation_ttl_secs: 15 * 60,
+            ledger_queue: 16_384,
+            ledger_batch: 2_000,
+        }
+    }
+}
+
+/// Where rate-limit and concurrency state lives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A Redis URL: limits are shared by every replica using it. Without
+    /// one, each process enforces limits on its own.
+    pub redis_url: Option<String>,
+    /// When Redis is unreachable: `deny` (fail closed) or `local` (each
+    /// replica enforces alone until Redis is back).
+    pub redis_fallback: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { redis_url: None, redis_fallback: "deny".into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,10 +139,7 @@ impl Default for StoreConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: "text".into(),
-            filter: "info".into(),
-        }
+        Self { format: "text".into(), filter: "info".into() }
     }
 }
 
@@ -101,6 +152,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("DATABASE_URL", "store.database_url"),
     ("APP_ROLE", "store.app_role"),
     ("OPERATOR_KEY", "auth.operator_key"),
+    ("REDIS_URL", "limits.redis_url"),
     ("LOG_FORMAT", "log.format"),
     ("LOG", "log.filter"),
 ];
@@ -113,10 +165,7 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) if !path.exists() => {
-                return Err(Error::invalid(format!(
-                    "config file {} not found",
-                    path.display()
-                )));
+                return Err(Error::invalid(format!("config file {} not found", path.display())));
             }
             Some(path) => fig = fig.merge(Toml::file_exact(path)),
             None => fig = fig.merge(Toml::file("bulkhead.toml")),
@@ -138,25 +187,17 @@ impl Config {
             });
         // Ignore keys we do not know only for the conventional DATABASE_URL.
         fig = fig
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "store.database_url".into()),
-            )
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "store.database_url".into()))
             .merge(env)
             .merge(flags.clone());
-        let config: Config = fig
-            .extract()
-            .map_err(|e| Error::invalid(format!("configuration: {e}")))?;
+        let config: Config = fig.extract().map_err(|e| Error::invalid(format!("configuration: {e}")))?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), Error> {
         if self.server.max_body_bytes < 1024 {
-            return Err(Error::invalid(
-                "server.max_body_bytes must be at least 1024",
-            ));
+            return Err(Error::invalid("server.max_body_bytes must be at least 1024"));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(Error::invalid("log.format must be `text` or `json`"));
@@ -164,23 +205,35 @@ impl Config {
         if let Some(url) = &self.store.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
-            return Err(Error::invalid(
-                "store.database_url must be a postgres:// URL",
-            ));
+            return Err(Error::invalid("store.database_url must be a postgres:// URL"));
         }
         let role_ok = !self.store.app_role.is_empty()
-            && self
-                .store
-                .app_role
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && self.store.app_role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !role_ok {
-            return Err(Error::invalid(
-                "store.app_role must be lowercase letters, digits and `_`",
-            ));
+            return Err(Error::invalid("store.app_role must be lowercase letters, digits and `_`"));
         }
         if let Some(key) = &self.auth.operator_key {
             crate::keys::import(key, crate::keys::KeyKind::Operator)?;
+        }
+        if let Some(url) = &self.limits.redis_url
+            && !url.starts_with("redis://")
+        {
+            return Err(Error::invalid("limits.redis_url must be a redis:// URL"));
+        }
+        if !matches!(self.limits.redis_fallback.as_str(), "deny" | "local") {
+            return Err(Error::invalid("limits.redis_fallback must be `deny` or `local`"));
+        }
+        let m = &self.metering;
+        let prices = [m.tool_call_price, m.sandbox_cpu_second_price]
+            .into_iter()
+            .chain(m.tool_prices.values().copied());
+        if prices.into_iter().any(Money::is_negative) {
+            return Err(Error::invalid("metering prices cannot be negative"));
+        }
+        if m.reservation_ttl_secs == 0 || m.ledger_queue == 0 || m.ledger_batch == 0 {
+            return Err(Error::invalid(
+                "metering.reservation_ttl_secs, ledger_queue and ledger_batch must be above 0",
+            ));
         }
         if self.store.max_connections == 0 {
             return Err(Error::invalid("store.max_connections must be at least 1"));

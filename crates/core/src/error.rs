@@ -24,6 +24,8 @@ pub enum Code {
     InvalidRequest,
     /// The body is not valid JSON or does not match the schema.
     MalformedJson,
+    /// The request names a model the catalog does not know.
+    UnknownModel,
     /// The request conflicts with existing state (e.g. a duplicate name).
     Conflict,
     /// The body is larger than the configured limit.
@@ -51,6 +53,7 @@ impl Code {
         Code::NotFound,
         Code::InvalidRequest,
         Code::MalformedJson,
+        Code::UnknownModel,
         Code::Conflict,
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
@@ -71,7 +74,7 @@ impl Code {
             Code::Conflict => 409,
             Code::PayloadTooLarge => 413,
             Code::UnsupportedMediaType => 415,
-            Code::InvalidRequest | Code::MalformedJson => 400,
+            Code::InvalidRequest | Code::MalformedJson | Code::UnknownModel => 400,
             Code::RateLimited => 429,
             Code::BudgetExceeded => 402,
             Code::Internal => 500,
@@ -87,6 +90,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::InvalidRequest => "invalid_request",
             Code::MalformedJson => "malformed_json",
+            Code::UnknownModel => "unknown_model",
             Code::Conflict => "conflict",
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
@@ -107,6 +111,7 @@ impl Code {
             Code::NotFound => "no such resource for this caller",
             Code::InvalidRequest => "a parameter or field is invalid",
             Code::MalformedJson => "the body is not valid JSON for this endpoint",
+            Code::UnknownModel => "the model is not in the catalog",
             Code::Conflict => "conflicts with existing state, e.g. a duplicate name",
             Code::PayloadTooLarge => "the body exceeds the configured size limit",
             Code::UnsupportedMediaType => "the content type is not accepted here",
@@ -142,12 +147,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: None,
-            source: None,
-        }
+        Self { code, message: message.into(), details: None, source: None }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {

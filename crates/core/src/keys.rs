@@ -49,16 +49,10 @@ pub fn generate(kind: KeyKind) -> NewKey {
     getrandom::fill(&mut raw).expect("the OS random source failed");
     let (id_bytes, secret_bytes) = raw.split_at(PREFIX_HEX_LEN / 2);
     let prefix = format!("bh_{}_{}", kind.tag(), hex(id_bytes));
-    let secret = format!(
-        "{prefix}_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes)
-    );
+    let secret =
+        format!("{prefix}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes));
     let hash = hash_key(&secret);
-    NewKey {
-        secret,
-        prefix,
-        hash,
-    }
+    NewKey { secret, prefix, hash }
 }
 
 /// Builds a key from an operator-supplied string (e.g. `BULKHEAD_OPERATOR_KEY`):
@@ -74,11 +68,7 @@ pub fn import(secret: &str, kind: KeyKind) -> Result<NewKey, Error> {
     if parsed.kind != kind || secret.len() < parsed.prefix.len() + 1 + 43 {
         return Err(malformed());
     }
-    Ok(NewKey {
-        secret: secret.to_owned(),
-        prefix: parsed.prefix.to_owned(),
-        hash: hash_key(secret),
-    })
+    Ok(NewKey { secret: secret.to_owned(), prefix: parsed.prefix.to_owned(), hash: hash_key(secret) })
 }
 
 pub fn hash_key(secret: &str) -> [u8; 32] {
@@ -98,10 +88,7 @@ pub struct ParsedKey<'a> {
 }
 
 fn unauthorized() -> Error {
-    Error::new(
-        Code::Unauthorized,
-        "missing or invalid API key; send `Authorization: Bearer <key>`",
-    )
+    Error::new(Code::Unauthorized, "missing or invalid API key; send `Authorization: Bearer <key>`")
 }
 
 /// Splits a presented key; anything that is not a key is `unauthorized`.
@@ -121,11 +108,7 @@ pub fn parse(presented: &str) -> Result<ParsedKey<'_>, Error> {
         return Err(unauthorized());
     }
     let prefix = &presented[..3 + tag.len() + 1 + id.len()];
-    Ok(ParsedKey {
-        kind,
-        prefix,
-        secret: presented,
-    })
+    Ok(ParsedKey { kind, prefix, secret: presented })
 }
 
 /// What the store knows about a key, looked up by prefix.
@@ -186,9 +169,7 @@ pub fn authenticate(
                     "this tenant is suspended; ask the platform operator to resume it",
                 ));
             }
-            Ok(Principal::Tenant(TenantCtx::from_tenant_key(
-                tenant, stored.id, scope,
-            )))
+            Ok(Principal::Tenant(TenantCtx::from_tenant_key(tenant, stored.id, scope)))
         }
         _ => Err(unauthorized()),
     }
@@ -219,11 +200,7 @@ mod tests {
         let parsed = parse(&key.secret).unwrap();
         assert_eq!(parsed.prefix, key.prefix);
         let tenant = TenantId::new();
-        let p = authenticate(
-            &parsed,
-            Some(stored_for(&key, Some(tenant))),
-            OffsetDateTime::now_utc(),
-        );
+        let p = authenticate(&parsed, Some(stored_for(&key, Some(tenant))), OffsetDateTime::now_utc());
         match p.unwrap() {
             Principal::Tenant(ctx) => assert_eq!(ctx.tenant_id(), tenant),
             other => panic!("{other:?}"),
@@ -245,28 +222,14 @@ mod tests {
         let parsed = parse(&key.secret).unwrap();
         let mut revoked = stored_for(&key, tenant);
         revoked.revoked = true;
-        assert_eq!(
-            authenticate(&parsed, Some(revoked), now).unwrap_err().code,
-            Code::Unauthorized
-        );
+        assert_eq!(authenticate(&parsed, Some(revoked), now).unwrap_err().code, Code::Unauthorized);
         let mut expired = stored_for(&key, tenant);
         expired.expires_at = Some(now - time::Duration::seconds(1));
-        assert_eq!(
-            authenticate(&parsed, Some(expired), now).unwrap_err().code,
-            Code::Unauthorized
-        );
+        assert_eq!(authenticate(&parsed, Some(expired), now).unwrap_err().code, Code::Unauthorized);
         let mut suspended = stored_for(&key, tenant);
         suspended.tenant_status = Some(TenantStatus::Suspended);
-        assert_eq!(
-            authenticate(&parsed, Some(suspended), now)
-                .unwrap_err()
-                .code,
-            Code::TenantSuspended
-        );
-        assert_eq!(
-            authenticate(&parsed, None, now).unwrap_err().code,
-            Code::Unauthorized
-        );
+        assert_eq!(authenticate(&parsed, Some(suspended), now).unwrap_err().code, Code::TenantSuspended);
+        assert_eq!(authenticate(&parsed, None, now).unwrap_err().code, Code::Unauthorized);
     }
 
     #[test]
@@ -280,14 +243,7 @@ mod tests {
 
     #[test]
     fn garbage_is_unauthorized() {
-        for s in [
-            "",
-            "bh",
-            "bh_tk_",
-            "bh_xx_0123456789ab_abc",
-            "bh_tk_0123_abc",
-            "Bearer x",
-        ] {
+        for s in ["", "bh", "bh_tk_", "bh_xx_0123456789ab_abc", "bh_tk_0123_abc", "Bearer x"] {
             assert_eq!(parse(s).unwrap_err().code, Code::Unauthorized, "{s}");
         }
     }
@@ -295,15 +251,9 @@ mod tests {
     #[test]
     fn import_checks_the_format() {
         let key = generate(KeyKind::Operator);
-        assert_eq!(
-            import(&key.secret, KeyKind::Operator).unwrap().hash,
-            key.hash
-        );
+        assert_eq!(import(&key.secret, KeyKind::Operator).unwrap().hash, key.hash);
         assert!(import(&key.secret, KeyKind::Tenant).is_err());
         assert!(import("bh_op_0123456789ab_short", KeyKind::Operator).is_err());
-        assert_eq!(
-            import("not-a-key", KeyKind::Operator).unwrap_err().code,
-            Code::InvalidRequest
-        );
+        assert_eq!(import("not-a-key", KeyKind::Operator).unwrap_err().code, Code::InvalidRequest);
     }
 }

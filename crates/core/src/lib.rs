@@ -10,9 +10,11 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod money;
 pub mod page;
 pub mod tenancy;
 
 pub use error::{Code, Error, Result};
 pub use ids::{KeyId, TenantId};
+pub use money::Money;
 pub use tenancy::{Actor, OperatorCtx, TenantBound, TenantCtx, Tier};

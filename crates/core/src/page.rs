@@ -17,10 +17,7 @@ pub struct PageReq {
 
 impl Default for PageReq {
     fn default() -> Self {
-        Self {
-            limit: DEFAULT_LIMIT,
-            after: None,
-        }
+        Self { limit: DEFAULT_LIMIT, after: None }
     }
 }
 
@@ -28,10 +25,7 @@ impl PageReq {
     pub fn new(limit: Option<u32>, after: Option<Uuid>) -> Result<Self, Error> {
         let limit = limit.unwrap_or(DEFAULT_LIMIT);
         if limit == 0 || limit > MAX_LIMIT {
-            return Err(Error::new(
-                Code::InvalidRequest,
-                format!("limit must be between 1 and {MAX_LIMIT}"),
-            ));
+            return Err(Error::new(Code::InvalidRequest, format!("limit must be between 1 and {MAX_LIMIT}")));
         }
         Ok(Self { limit, after })
     }

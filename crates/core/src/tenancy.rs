@@ -83,10 +83,7 @@ impl FromStr for TenantStatus {
         match s {
             "active" => Ok(TenantStatus::Active),
             "suspended" => Ok(TenantStatus::Suspended),
-            other => Err(Error::new(
-                Code::InvalidRequest,
-                format!("unknown status `{other}`"),
-            )),
+            other => Err(Error::new(Code::InvalidRequest, format!("unknown status `{other}`"))),
         }
     }
 }
@@ -148,10 +145,7 @@ pub struct TenantCtx {
 
 impl TenantCtx {
     pub(crate) fn from_tenant_key(tenant: TenantId, key_id: KeyId, scope: Scope) -> Self {
-        Self {
-            tenant,
-            actor: Actor::TenantKey { key_id, scope },
-        }
+        Self { tenant, actor: Actor::TenantKey { key_id, scope } }
     }
 
     pub fn tenant_id(&self) -> TenantId {
@@ -183,10 +177,7 @@ impl TenantCtx {
 
     /// Binds a value to this context's tenant.
     pub fn bind<T>(&self, value: T) -> TenantBound<T> {
-        TenantBound {
-            tenant: self.tenant,
-            value,
-        }
+        TenantBound { tenant: self.tenant, value }
     }
 }
 
@@ -199,9 +190,7 @@ pub struct OperatorCtx {
 
 impl OperatorCtx {
     pub(crate) fn from_key(key_id: KeyId) -> Self {
-        Self {
-            key_id: Some(key_id),
-        }
+        Self { key_id: Some(key_id) }
     }
 
     /// The operator at the console: the CLI with direct access to the store.
@@ -216,12 +205,7 @@ impl OperatorCtx {
     /// Acts for a tenant the operator names explicitly; the context records
     /// that an operator is acting.
     pub fn act_for(&self, tenant: TenantId) -> TenantCtx {
-        TenantCtx {
-            tenant,
-            actor: Actor::Operator {
-                key_id: self.key_id,
-            },
-        }
+        TenantCtx { tenant, actor: Actor::Operator { key_id: self.key_id } }
     }
 }
 
@@ -285,15 +269,7 @@ mod tests {
         assert!(Scope::TenantAdmin.allows(Scope::TenantApp));
         assert!(!Scope::TenantApp.allows(Scope::TenantAdmin));
         let ctx = TenantCtx::from_tenant_key(TenantId::new(), KeyId::new(), Scope::TenantApp);
-        assert_eq!(
-            ctx.require(Scope::TenantAdmin).unwrap_err().code,
-            Code::Forbidden
-        );
-        assert!(
-            OperatorCtx::local_cli()
-                .act_for(TenantId::new())
-                .require(Scope::TenantAdmin)
-                .is_ok()
-        );
+        assert_eq!(ctx.require(Scope::TenantAdmin).unwrap_err().code, Code::Forbidden);
+        assert!(OperatorCtx::local_cli().act_for(TenantId::new()).require(Scope::TenantAdmin).is_ok());
     }
 }

@@ -14,6 +14,7 @@ use axum::response::Response;
 use bulkhead_core::keys::{self, Principal};
 use bulkhead_core::tenancy::Scope;
 use bulkhead_core::{Code, Error, OperatorCtx, TenantCtx, TenantId};
+use bulkhead_limits::RateKind;
 use time::OffsetDateTime;
 
 use crate::{ApiError, AppState};
@@ -33,16 +34,10 @@ pub async fn authenticate(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| {
-            ApiError::new(
-                Code::Unauthorized,
-                "missing API key; send `Authorization: Bearer <key>`",
-            )
+            ApiError::new(Code::Unauthorized, "missing API key; send `Authorization: Bearer <key>`")
         })?;
     let parsed = keys::parse(presented)?;
     let stored = state.store.lookup_key(parsed.prefix).await?;
@@ -97,6 +92,9 @@ async fn tenant_ctx(parts: &Parts, state: &AppState) -> Result<TenantCtx, ApiErr
                     "X-Tenant-ID is only accepted with an operator key",
                 ));
             }
+            // Every request of a tenant key counts against its requests-per-minute
+            // limit; an operator acting for the tenant does not use up its quota.
+            state.metering.check_rate(ctx, RateKind::Requests, 1).await?;
             Ok(ctx.clone())
         }
         Principal::Operator(op) => {
@@ -110,16 +108,19 @@ async fn tenant_ctx(parts: &Parts, state: &AppState) -> Result<TenantCtx, ApiErr
                 .to_str()
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    ApiError::new(Code::InvalidRequest, "X-Tenant-ID must be a tenant id")
-                })?;
-            state.store.get_tenant(op, tenant).await?;
-            let span = tracing::Span::current();
-            span.record("tenant", tracing::field::display(tenant));
-            tracing::info!(operator_key = ?op.key_id(), %tenant, "operator acting for tenant");
-            Ok(op.act_for(tenant))
+                .ok_or_else(|| ApiError::new(Code::InvalidRequest, "X-Tenant-ID must be a tenant id"))?;
+            act_for(state, op, tenant).await
         }
     }
+}
+
+/// An operator acting for a tenant it names: the tenant must exist, and
+/// the request's span and log say who acts for whom.
+pub async fn act_for(state: &AppState, op: &OperatorCtx, tenant: TenantId) -> Result<TenantCtx, ApiError> {
+    state.store.get_tenant(op, tenant).await?;
+    tracing::Span::current().record("tenant", tracing::field::display(tenant));
+    tracing::info!(operator_key = ?op.key_id(), %tenant, "operator acting for tenant");
+    Ok(op.act_for(tenant))
 }
 
 /// A tenant context with at least `tenant_app` scope.
@@ -130,6 +131,17 @@ pub struct TenantAdmin(pub TenantCtx);
 
 /// The platform operator.
 pub struct Operator(pub OperatorCtx);
+
+/// Who may read usage and budgets: a tenant admin (its own), an operator
+/// naming a tenant in `X-Tenant-ID` (that tenant), or an operator alone
+/// (every tenant).
+pub enum Caller {
+    Tenant(TenantCtx),
+    Operator(OperatorCtx),
+}
+
+/// An operator acting for the tenant named in `X-Tenant-ID` (required).
+pub struct OperatorForTenant(pub TenantCtx);
 
 impl FromRequestParts<AppState> for TenantApp {
     type Rejection = ApiError;
@@ -154,10 +166,33 @@ impl FromRequestParts<AppState> for Operator {
     async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         match principal(parts)? {
             Principal::Operator(op) => Ok(Self(op.clone())),
-            Principal::Tenant(_) => Err(ApiError::new(
-                Code::Forbidden,
-                "this operation needs an operator key",
-            )),
+            Principal::Tenant(_) => {
+                Err(ApiError::new(Code::Forbidden, "this operation needs an operator key"))
+            }
         }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Principal::Operator(op) = principal(parts)?
+            && !parts.headers.contains_key(TENANT_HEADER)
+        {
+            return Ok(Caller::Operator(op.clone()));
+        }
+        let ctx = tenant_ctx(parts, state).await?;
+        ctx.require(Scope::TenantAdmin)?;
+        Ok(Caller::Tenant(ctx))
+    }
+}
+
+impl FromRequestParts<AppState> for OperatorForTenant {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !matches!(principal(parts)?, Principal::Operator(_)) {
+            return Err(ApiError::new(Code::Forbidden, "this operation needs an operator key"));
+        }
+        Ok(Self(tenant_ctx(parts, state).await?))
     }
 }

@@ -1,7 +1,13 @@
-//! First start of an empty store: make sure an operator key exists.
+//! Start-up: the operator key on first start, and the metering service
+//! (pricing, limiter) built from configuration.
 
-use bulkhead_core::OperatorCtx;
+use std::sync::Arc;
+
+use bulkhead_core::config::Config;
 use bulkhead_core::keys::{self, KeyKind};
+use bulkhead_core::{Error, OperatorCtx};
+use bulkhead_limits::{Limiter, LocalLimiter, RateFallback, RedisLimiter, RedisLimiterConfig};
+use bulkhead_metering::{Catalog, LedgerConfig, Metering, MeteringConfig, OtherPrices, Pricing};
 use bulkhead_store::DynStore;
 
 /// If the store has no live operator key, installs `configured` (from
@@ -16,9 +22,7 @@ pub async fn ensure_operator_key(
         let key = keys::import(secret, KeyKind::Operator)?;
         // Installing the configured key is idempotent across restarts.
         if store.lookup_key(&key.prefix).await?.is_none() {
-            store
-                .create_operator_key(&op, "configured operator key", &key, None)
-                .await?;
+            store.create_operator_key(&op, "configured operator key", &key, None).await?;
         }
         return Ok(None);
     }
@@ -26,8 +30,49 @@ pub async fn ensure_operator_key(
         return Ok(None);
     }
     let key = keys::generate(KeyKind::Operator);
-    store
-        .create_operator_key(&op, "initial operator key", &key, None)
-        .await?;
+    store.create_operator_key(&op, "initial operator key", &key, None).await?;
     Ok(Some(key.secret))
+}
+
+/// Prices from the shipped catalog, extended by `metering.catalog_file`.
+pub fn pricing(config: &Config) -> Result<Pricing, Error> {
+    let m = &config.metering;
+    let mut catalog = Catalog::builtin();
+    if let Some(path) = &m.catalog_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(format!("cannot read the catalog {}: {e}", path.display())))?;
+        catalog = catalog.merge(Catalog::from_toml(&text)?);
+    }
+    let other = OtherPrices {
+        tool_call: m.tool_call_price,
+        tools: m.tool_prices.clone(),
+        sandbox_cpu_second: m.sandbox_cpu_second_price,
+    };
+    Ok(Pricing::new(catalog, other))
+}
+
+/// The limiter: Redis-backed when `limits.redis_url` is set (shared by all
+/// replicas), in-process otherwise.
+pub async fn limiter(config: &Config) -> Result<Arc<dyn Limiter>, Error> {
+    let Some(url) = &config.limits.redis_url else {
+        return Ok(Arc::new(LocalLimiter::new()));
+    };
+    let mut redis = RedisLimiterConfig::new(url.clone());
+    redis.rate_fallback =
+        if config.limits.redis_fallback == "local" { RateFallback::Local } else { RateFallback::Deny };
+    let limiter = RedisLimiter::connect(redis).await.map_err(|e| {
+        Error::new(bulkhead_core::Code::Unavailable, format!("Redis (limits.redis_url): {e}"))
+    })?;
+    Ok(Arc::new(limiter))
+}
+
+/// Metering over `store`, as configured; starts the ledger writer.
+pub async fn metering(config: &Config, store: &DynStore) -> Result<Metering, Error> {
+    let m = &config.metering;
+    let metering_config = MeteringConfig {
+        ledger: LedgerConfig { queue_capacity: m.ledger_queue, max_batch: m.ledger_batch },
+        reservation_ttl: std::time::Duration::from_secs(m.reservation_ttl_secs),
+        ..Default::default()
+    };
+    Ok(Metering::start(store.clone(), pricing(config)?, limiter(config).await?, metering_config))
 }

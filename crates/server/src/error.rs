@@ -50,16 +50,16 @@ impl From<bulkhead_store::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let err = self.0;
-        let status =
-            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
-            let cause = err
-                .source
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            let cause = err.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
             tracing::error!(code = %err.code, %cause, "request failed");
         }
+        // A rate-limited caller is told when to come back, in whole seconds.
+        let retry_after = (err.code == Code::RateLimited)
+            .then(|| err.details.as_ref()?.get("retry_after_ms")?.as_u64())
+            .flatten()
+            .map(|ms| ms.div_ceil(1000).max(1));
         let body = ErrorBody {
             error: ErrorDetail {
                 code: err.code.as_str().to_owned(),
@@ -67,7 +67,11 @@ impl IntoResponse for ApiError {
                 details: err.details,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -14,6 +14,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use bulkhead_core::config::ServerConfig;
+use bulkhead_metering::Metering;
 use bulkhead_store::DynStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,15 +35,13 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: DynStore,
+    pub metering: Metering,
     pub config: Arc<ServerConfig>,
 }
 
 impl AppState {
-    pub fn new(store: DynStore, config: ServerConfig) -> Self {
-        Self {
-            store,
-            config: Arc::new(config),
-        }
+    pub fn new(store: DynStore, metering: Metering, config: ServerConfig) -> Self {
+        Self { store, metering, config: Arc::new(config) }
     }
 }
 
@@ -50,10 +49,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The routes with their OpenAPI description, before layers.
 fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let v1 = api::v1_routes().layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::authenticate,
-    ));
+    let v1 = api::v1_routes().layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     OpenApiRouter::with_openapi(api::ApiDoc::openapi())
         .merge(api::health::routes())
         .merge(v1)
@@ -87,23 +83,17 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let request_id = req
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!(
-                    "request",
-                    request_id,
-                    method = %req.method(),
-                    path = %req.uri().path(),
-                    tenant = tracing::field::Empty,
-                    operator = tracing::field::Empty,
-                )
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!(
+                "request",
+                request_id,
+                method = %req.method(),
+                path = %req.uri().path(),
+                tenant = tracing::field::Empty,
+                operator = tracing::field::Empty,
+            )
+        }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }
@@ -118,8 +108,7 @@ pub async fn serve(
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let app = app(state);
     let signal = shutdown.clone();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
     tokio::select! {
         res = server => res,
         // In-flight requests get `grace` after the signal, then we stop anyway.

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bulkhead_core::config::StoreConfig;
 use bulkhead_core::keys::{NewKey, StoredKey};
 use bulkhead_core::page::{Page, PageReq};
-use bulkhead_core::{KeyId, OperatorCtx, TenantCtx, TenantId};
+use bulkhead_core::{KeyId, Money, OperatorCtx, TenantCtx, TenantId};
 use time::OffsetDateTime;
 
 mod error;
@@ -24,9 +24,14 @@ pub mod postgres;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
+pub mod usage;
 
 pub use error::StoreError;
 pub use model::{ApiKey, NewTenant, Tenant, TenantPatch};
+pub use usage::{
+    Budget, BudgetAlert, BudgetPeriod, BudgetStatus, GroupBy, ReservationId, Reserve, StoredUsage,
+    TenantSettings, UsageEvent, UsageKind, UsageQuery, UsageRow, UsageWrite,
+};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -37,12 +42,7 @@ pub trait TenantStore: Send + Sync {
     async fn list_tenants(&self, op: &OperatorCtx, page: PageReq) -> Result<Page<Tenant>>;
     async fn get_tenant(&self, op: &OperatorCtx, id: TenantId) -> Result<Tenant>;
     async fn find_tenant_by_name(&self, op: &OperatorCtx, name: &str) -> Result<Tenant>;
-    async fn update_tenant(
-        &self,
-        op: &OperatorCtx,
-        id: TenantId,
-        patch: TenantPatch,
-    ) -> Result<Tenant>;
+    async fn update_tenant(&self, op: &OperatorCtx, id: TenantId, patch: TenantPatch) -> Result<Tenant>;
     /// Removes the tenant and every row it owns.
     async fn delete_tenant(&self, op: &OperatorCtx, id: TenantId) -> Result<()>;
     /// The caller's own tenant.
@@ -84,9 +84,66 @@ pub trait KeyStore: Send + Sync {
     async fn touch_key(&self, id: KeyId, at: OffsetDateTime) -> Result<()>;
 }
 
+/// Whose usage a query covers: one tenant, or (operator) all of them.
+#[derive(Debug, Clone, Copy)]
+pub enum UsageScope<'a> {
+    Tenant(&'a TenantCtx),
+    Platform(&'a OperatorCtx),
+}
+
+/// The usage ledger.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Writes a batch in one transaction: each event once per (tenant, id),
+    /// the daily aggregates, released reservations and budget alerts.
+    /// Returns, per write, whether its event was new. When this returns Ok,
+    /// every write of the batch is durable.
+    async fn write_usage(&self, batch: &[UsageWrite], now: OffsetDateTime) -> Result<Vec<bool>>;
+    /// Aggregates over raw events.
+    async fn usage_summary(&self, scope: UsageScope<'_>, query: &UsageQuery) -> Result<Vec<UsageRow>>;
+    /// Raw events in ledger order, after `after_seq`.
+    async fn usage_events(
+        &self,
+        ctx: &TenantCtx,
+        query: &UsageQuery,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredUsage>>;
+}
+
+/// Budgets with reservations. Admission reserves the worst case; settlement
+/// (through `UsageStore::write_usage`) replaces it by the actual cost.
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    async fn get_budget(&self, ctx: &TenantCtx) -> Result<Option<Budget>>;
+    /// Sets (or with `None` removes) the tenant's budget.
+    async fn set_budget(&self, ctx: &TenantCtx, budget: Option<&Budget>) -> Result<()>;
+    /// Atomically: refuses if spent + reserved + `amount` would pass a
+    /// limit, else records a reservation that expires at `now + ttl`.
+    /// Expired reservations are dropped first (and counted in the log).
+    async fn reserve(
+        &self,
+        ctx: &TenantCtx,
+        amount: Money,
+        ttl: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Reserve>;
+    /// Drops a reservation without recording usage (the work never happened).
+    async fn release(&self, ctx: &TenantCtx, id: ReservationId) -> Result<()>;
+    async fn budget_status(&self, ctx: &TenantCtx, now: OffsetDateTime) -> Result<BudgetStatus>;
+}
+
+/// The operator's per-tenant settings documents.
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    async fn tenant_settings(&self, ctx: &TenantCtx) -> Result<TenantSettings>;
+    async fn set_tenant_limits(&self, ctx: &TenantCtx, limits: &serde_json::Value) -> Result<()>;
+    async fn set_tenant_pricing(&self, ctx: &TenantCtx, pricing: &serde_json::Value) -> Result<()>;
+}
+
 /// Everything a server needs from its store.
 #[async_trait]
-pub trait Store: TenantStore + KeyStore {
+pub trait Store: TenantStore + KeyStore + UsageStore + BudgetStore + SettingsStore {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Cheap liveness check for `/readyz`.
@@ -99,8 +156,7 @@ pub type DynStore = Arc<dyn Store>;
 pub async fn open(config: &StoreConfig) -> Result<DynStore> {
     match &config.database_url {
         Some(url) => {
-            let store =
-                postgres::PgStore::connect(url, &config.app_role, config.max_connections).await?;
+            let store = postgres::PgStore::connect(url, &config.app_role, config.max_connections).await?;
             Ok(Arc::new(store))
         }
         None => {

@@ -56,9 +56,7 @@ pub struct ApiKey {
 /// starting with a letter or digit — safe in URLs, file names and DNS labels.
 pub fn validate_tenant_name(name: &str) -> Result<(), StoreError> {
     let ok = (2..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-');
     if ok {
         Ok(())
@@ -74,9 +72,7 @@ pub fn validate_metadata(metadata: &Value) -> Result<(), StoreError> {
         return Err(StoreError::Invalid("metadata must be a JSON object".into()));
     }
     if metadata.to_string().len() > MAX_METADATA_BYTES {
-        return Err(StoreError::Invalid(format!(
-            "metadata must be at most {MAX_METADATA_BYTES} bytes"
-        )));
+        return Err(StoreError::Invalid(format!("metadata must be at most {MAX_METADATA_BYTES} bytes")));
     }
     Ok(())
 }
@@ -84,9 +80,7 @@ pub fn validate_metadata(metadata: &Value) -> Result<(), StoreError> {
 /// Key names are labels for people: 1–100 printable characters.
 pub fn validate_key_name(name: &str) -> Result<(), StoreError> {
     if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(StoreError::Invalid(
-            "key name must be 1-100 printable characters".into(),
-        ));
+        return Err(StoreError::Invalid("key name must be 1-100 printable characters".into()));
     }
     Ok(())
 }
@@ -120,17 +114,7 @@ mod tests {
             assert!(validate_tenant_name(ok).is_ok(), "{ok}");
         }
         let long = "a".repeat(64);
-        for bad in [
-            "",
-            "a",
-            "-ab",
-            "Acme",
-            "a b",
-            "a_b",
-            "ä1",
-            long.as_str(),
-            "a/b",
-        ] {
+        for bad in ["", "a", "-ab", "Acme", "a b", "a_b", "ä1", long.as_str(), "a/b"] {
             assert!(validate_tenant_name(bad).is_err(), "{bad}");
         }
     }

@@ -17,11 +17,7 @@ pub const SKIP_PG_ENV: &str = "BULKHEAD_TEST_SKIP_PG";
 /// unless explicitly skipped. Panics with instructions when PostgreSQL is
 /// expected but not configured.
 pub fn backends() -> Vec<&'static str> {
-    if pg_admin_url().is_some() {
-        vec!["sqlite", "postgres"]
-    } else {
-        vec!["sqlite"]
-    }
+    if pg_admin_url().is_some() { vec!["sqlite", "postgres"] } else { vec!["sqlite"] }
 }
 
 /// The admin URL of the test cluster, `None` only when deliberately skipped.
@@ -40,27 +36,19 @@ pub fn pg_admin_url() -> Option<String> {
 /// Creates an empty database on the test cluster and returns its URL.
 pub async fn fresh_pg_database() -> Result<String> {
     use sqlx::Connection;
-    let admin =
-        pg_admin_url().ok_or_else(|| StoreError::Setup("PostgreSQL tests skipped".into()))?;
+    let admin = pg_admin_url().ok_or_else(|| StoreError::Setup("PostgreSQL tests skipped".into()))?;
     let name = format!("bh_test_{}", uuid::Uuid::now_v7().simple());
     let mut conn = sqlx::PgConnection::connect(&admin).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
     conn.close().await?;
-    let (base, _) = admin
-        .rsplit_once('/')
-        .ok_or_else(|| StoreError::Setup("bad admin URL".into()))?;
+    let (base, _) = admin.rsplit_once('/').ok_or_else(|| StoreError::Setup("bad admin URL".into()))?;
     Ok(format!("{base}/{name}"))
 }
 
 /// Configuration of a fresh store of the given backend: SQLite lives in
 /// `dir`; PostgreSQL gets a new database on the test cluster.
 pub async fn fresh_config(backend: &str, dir: &Path) -> Result<StoreConfig> {
-    let mut config = StoreConfig {
-        data_dir: dir.to_path_buf(),
-        ..Default::default()
-    };
+    let mut config = StoreConfig { data_dir: dir.to_path_buf(), ..Default::default() };
     if backend == "postgres" {
         config.database_url = Some(fresh_pg_database().await?);
         config.max_connections = 8;
@@ -88,23 +76,18 @@ pub async fn dump_all_rows(config: &StoreConfig) -> Result<Vec<(String, String)>
             .await?;
             for table in tables {
                 let sql = format!("SELECT row_to_json(t)::text FROM {table} t");
-                for row in sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(&mut conn)
-                    .await?
-                {
+                for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await? {
                     out.push((table.clone(), row.try_get::<String, _>(0)?));
                 }
             }
         }
         None => {
             let path = config.data_dir.join("bulkhead.db");
-            let mut conn =
-                sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1",
-            )
-            .fetch_all(&mut conn)
-            .await?;
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+            let tables: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")
+                    .fetch_all(&mut conn)
+                    .await?;
             for table in tables {
                 let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT name FROM pragma_table_info('{table}')"
@@ -112,16 +95,10 @@ pub async fn dump_all_rows(config: &StoreConfig) -> Result<Vec<(String, String)>
                 .fetch_all(&mut conn)
                 .await?;
                 // quote() renders every value, blobs as X'..', as SQL text.
-                let expr = cols
-                    .iter()
-                    .map(|c| format!("quote(\"{c}\")"))
-                    .collect::<Vec<_>>()
-                    .join(" || ',' || ");
+                let expr =
+                    cols.iter().map(|c| format!("quote(\"{c}\")")).collect::<Vec<_>>().join(" || ',' || ");
                 let sql = format!("SELECT {expr} FROM \"{table}\"");
-                for row in sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(&mut conn)
-                    .await?
-                {
+                for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await? {
                     out.push((table.clone(), row.try_get::<String, _>(0)?));
                 }
             }
@@ -145,8 +122,7 @@ pub async fn tenant_owned_tables(config: &StoreConfig) -> Result<Vec<String>> {
         }
         None => {
             let path = config.data_dir.join("bulkhead.db");
-            let mut conn =
-                sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
             Ok(sqlx::query_scalar(
                 "SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) c
                  WHERE m.type = 'table' AND c.name = 'tenant_id' ORDER BY 1",

@@ -63,30 +63,14 @@ impl Resp {
 
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected response: {}",
-            self.text
-        );
+        assert_eq!(self.status.as_u16(), status, "unexpected response: {}", self.text);
         &self.body
     }
 
     #[track_caller]
     pub fn expect_error(&self, status: u16, code: &str) {
-        assert_eq!(
-            (self.status.as_u16(), self.code()),
-            (status, code),
-            "unexpected response: {}",
-            self.text
-        );
-        assert!(
-            !self.body["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .is_empty(),
-            "errors carry a message"
-        );
+        assert_eq!((self.status.as_u16(), self.code()), (status, code), "unexpected response: {}", self.text);
+        assert!(!self.body["error"]["message"].as_str().unwrap_or("").is_empty(), "errors carry a message");
     }
 }
 
@@ -107,9 +91,7 @@ impl TestServer {
 
     pub async fn start_with(backend: &str, mut config: ServerConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store_config = bulkhead_store::testing::fresh_config(backend, dir.path())
-            .await
-            .unwrap();
+        let store_config = bulkhead_store::testing::fresh_config(backend, dir.path()).await.unwrap();
         let store = bulkhead_store::open(&store_config).await.unwrap();
         let operator_key = bulkhead_server::bootstrap::ensure_operator_key(&store, None)
             .await
@@ -119,7 +101,9 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         config.listen = addr;
         let shutdown = CancellationToken::new();
-        let state = AppState::new(Arc::clone(&store), config);
+        let full = bulkhead_core::config::Config::default();
+        let metering = bulkhead_server::bootstrap::metering(&full, &store).await.unwrap();
+        let state = AppState::new(Arc::clone(&store), metering, config);
         tokio::spawn(bulkhead_server::serve(listener, state, shutdown.clone()));
         Self {
             base: format!("http://{addr}"),
@@ -133,13 +117,7 @@ impl TestServer {
     }
 
     /// Sends a request; `key` becomes the bearer token when given.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> Resp {
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
         self.call_with(method, path, key, body, &[]).await
     }
 
@@ -179,13 +157,7 @@ impl TestServer {
     /// Creates a tenant (with `metadata`) and an admin and an app key for it.
     pub async fn tenant(&self, name: &str, metadata: Value) -> TestTenant {
         let op = &self.operator_key;
-        let t = self
-            .post(
-                "/v1/tenants",
-                op,
-                json!({"name": name, "metadata": metadata}),
-            )
-            .await;
+        let t = self.post("/v1/tenants", op, json!({"name": name, "metadata": metadata})).await;
         let id = t.expect(201)["id"].as_str().unwrap().to_owned();
         let admin = self
             .post(
@@ -195,13 +167,8 @@ impl TestServer {
             )
             .await;
         let admin = admin.expect(201).clone();
-        let app = self
-            .post(
-                &format!("/v1/tenants/{id}/keys"),
-                op,
-                json!({"name": format!("{name} app")}),
-            )
-            .await;
+        let app =
+            self.post(&format!("/v1/tenants/{id}/keys"), op, json!({"name": format!("{name} app")})).await;
         let app = app.expect(201).clone();
         TestTenant {
             id,
@@ -215,9 +182,7 @@ impl TestServer {
 
     /// Every stored row, as text, read with the owner's rights.
     pub async fn stored_rows(&self) -> Vec<(String, String)> {
-        bulkhead_store::testing::dump_all_rows(&self.store_config)
-            .await
-            .unwrap()
+        bulkhead_store::testing::dump_all_rows(&self.store_config).await.unwrap()
     }
 }
 

@@ -9,3 +9,4 @@ mod bad_input;
 mod binary;
 mod cross_tenant;
 mod tenants;
+mod usage;

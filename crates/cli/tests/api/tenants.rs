@@ -10,11 +10,7 @@ async fn tenant_lifecycle(backend: &'static str) {
     let server = TestServer::start(backend).await;
     let op = server.operator_key.clone();
     let created = server
-        .post(
-            "/v1/tenants",
-            &op,
-            json!({"name": "acme", "tier": "isolated", "metadata": {"plan": "gold"}}),
-        )
+        .post("/v1/tenants", &op, json!({"name": "acme", "tier": "isolated", "metadata": {"plan": "gold"}}))
         .await;
     let t = created.expect(201).clone();
     assert_eq!(
@@ -36,64 +32,26 @@ async fn tenant_lifecycle(backend: &'static str) {
         )
         .await;
     let patched = patched.expect(200);
-    assert_eq!(
-        (patched["name"].as_str(), patched["tier"].as_str()),
-        (Some("acme-two"), Some("dedicated"))
-    );
-    assert_eq!(
-        patched["metadata"]["plan"], "gold",
-        "fields not in the patch stay"
-    );
+    assert_eq!((patched["name"].as_str(), patched["tier"].as_str()), (Some("acme-two"), Some("dedicated")));
+    assert_eq!(patched["metadata"]["plan"], "gold", "fields not in the patch stay");
 
-    server
-        .post("/v1/tenants", &op, json!({"name": "acme-two"}))
-        .await
-        .expect_error(409, "conflict");
-    server
-        .post("/v1/tenants", &op, json!({"name": "other"}))
-        .await
-        .expect(201);
+    server.post("/v1/tenants", &op, json!({"name": "acme-two"})).await.expect_error(409, "conflict");
+    server.post("/v1/tenants", &op, json!({"name": "other"})).await.expect(201);
     let rename = server
-        .call(
-            Method::PATCH,
-            &format!("/v1/tenants/{id}"),
-            Some(&op),
-            Some(json!({"name": "other"})),
-        )
+        .call(Method::PATCH, &format!("/v1/tenants/{id}"), Some(&op), Some(json!({"name": "other"})))
         .await;
     rename.expect_error(409, "conflict");
 
-    let suspended = server
-        .post(&format!("/v1/tenants/{id}/suspend"), &op, json!({}))
-        .await;
+    let suspended = server.post(&format!("/v1/tenants/{id}/suspend"), &op, json!({})).await;
     assert_eq!(suspended.expect(200)["status"], "suspended");
 
+    server.call(Method::DELETE, &format!("/v1/tenants/{id}"), Some(&op), None).await.expect(204);
+    server.get(&format!("/v1/tenants/{id}"), &op).await.expect_error(404, "not_found");
     server
-        .call(
-            Method::DELETE,
-            &format!("/v1/tenants/{id}"),
-            Some(&op),
-            None,
-        )
-        .await
-        .expect(204);
-    server
-        .get(&format!("/v1/tenants/{id}"), &op)
+        .call(Method::DELETE, &format!("/v1/tenants/{id}"), Some(&op), None)
         .await
         .expect_error(404, "not_found");
-    server
-        .call(
-            Method::DELETE,
-            &format!("/v1/tenants/{id}"),
-            Some(&op),
-            None,
-        )
-        .await
-        .expect_error(404, "not_found");
-    server
-        .get("/v1/tenants/not-a-uuid", &op)
-        .await
-        .expect_error(404, "not_found");
+    server.get("/v1/tenants/not-a-uuid", &op).await.expect_error(404, "not_found");
 }
 both_backends!(tenant_lifecycle);
 
@@ -102,31 +60,17 @@ async fn deleting_a_tenant_removes_all_of_its_data(backend: &'static str) {
     let marker = canary("doomed");
     let doomed = server.tenant("doomed", json!({"marker": marker})).await;
     let kept = server.tenant("kept", json!({})).await;
+    server.post("/v1/keys", &doomed.admin_key, json!({"name": marker})).await.expect(201);
     server
-        .post("/v1/keys", &doomed.admin_key, json!({"name": marker}))
-        .await
-        .expect(201);
-    server
-        .call(
-            Method::DELETE,
-            &format!("/v1/tenants/{}", doomed.id),
-            Some(&server.operator_key),
-            None,
-        )
+        .call(Method::DELETE, &format!("/v1/tenants/{}", doomed.id), Some(&server.operator_key), None)
         .await
         .expect(204);
 
     let rows = server.stored_rows().await;
-    let left: Vec<_> = rows
-        .iter()
-        .filter(|(_, r)| r.contains(&doomed.id) || r.contains(&marker))
-        .collect();
+    let left: Vec<_> = rows.iter().filter(|(_, r)| r.contains(&doomed.id) || r.contains(&marker)).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     // Its keys no longer authenticate; the other tenant is untouched.
-    server
-        .get("/v1/tenant", &doomed.app_key)
-        .await
-        .expect_error(401, "unauthorized");
+    server.get("/v1/tenant", &doomed.app_key).await.expect_error(401, "unauthorized");
     server.get("/v1/tenant", &kept.app_key).await.expect(200);
     assert!(rows.iter().any(|(_, r)| r.contains(&kept.id)));
 }
@@ -137,9 +81,7 @@ async fn lists_paginate_in_creation_order(backend: &'static str) {
     let op = server.operator_key.clone();
     let mut made = Vec::new();
     for i in 0..5 {
-        let t = server
-            .post("/v1/tenants", &op, json!({"name": format!("t-{i}")}))
-            .await;
+        let t = server.post("/v1/tenants", &op, json!({"name": format!("t-{i}")})).await;
         made.push(t.expect(201)["id"].as_str().unwrap().to_owned());
     }
     let mut seen = Vec::new();
@@ -147,21 +89,12 @@ async fn lists_paginate_in_creation_order(backend: &'static str) {
     loop {
         let page = server.get(&path, &op).await;
         let page = page.expect(200).clone();
-        seen.extend(
-            page["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["id"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(page["data"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_owned()));
         if !page["has_more"].as_bool().unwrap() {
             assert!(page["next_after"].is_null());
             break;
         }
-        path = format!(
-            "/v1/tenants?limit=2&after={}",
-            page["next_after"].as_str().unwrap()
-        );
+        path = format!("/v1/tenants?limit=2&after={}", page["next_after"].as_str().unwrap());
     }
     assert_eq!(seen, made);
 }
@@ -177,10 +110,7 @@ async fn health_readiness_and_openapi() {
 
     let doc = server.call(Method::GET, "/openapi.json", None, None).await;
     let doc = doc.expect(200);
-    assert_eq!(
-        doc,
-        &serde_json::to_value(bulkhead_server::openapi()).unwrap()
-    );
+    assert_eq!(doc, &serde_json::to_value(bulkhead_server::openapi()).unwrap());
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/healthz", &["get"][..]),
@@ -196,6 +126,14 @@ async fn health_readiness_and_openapi() {
         ("/v1/keys/{key_id}", &["get", "delete"]),
         ("/v1/operator-keys", &["get", "post"]),
         ("/v1/operator-keys/{key_id}", &["delete"]),
+        ("/v1/usage", &["get"]),
+        ("/v1/usage/export", &["get"]),
+        ("/v1/usage/events", &["post"]),
+        ("/v1/tenants/{tenant_id}/budget", &["get", "put", "delete"]),
+        ("/v1/budget", &["get"]),
+        ("/v1/tenants/{tenant_id}/limits", &["get", "put"]),
+        ("/v1/limits", &["get"]),
+        ("/v1/tenants/{tenant_id}/pricing", &["get", "put"]),
     ] {
         for m in methods {
             assert!(
@@ -204,15 +142,10 @@ async fn health_readiness_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 13, "a route was added: list it above");
+    assert_eq!(paths.len(), 21, "a route was added: list it above");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     // Every response carries a request id.
-    let res = server
-        .http
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap();
+    let res = server.http.get(format!("{}/healthz", server.base)).send().await.unwrap();
     assert!(res.headers().get("x-request-id").is_some());
 }

@@ -20,18 +20,13 @@ pub struct Health {
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        store: None,
-    })
+    Json(Health { status: "ok", store: None })
 }
 
 /// The process can serve: its store answers.
@@ -42,8 +37,5 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
         tracing::warn!(error = %e, "store not ready");
         ApiError::new(Code::Unavailable, "the store is not reachable")
     })?;
-    Ok(Json(Health {
-        status: "ready",
-        store: Some(state.store.backend()),
-    }))
+    Ok(Json(Health { status: "ready", store: Some(state.store.backend()) }))
 }

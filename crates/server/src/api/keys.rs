@@ -91,10 +91,9 @@ pub struct CreateKey {
 impl CreateKey {
     fn checked_expiry(&self) -> ApiResult<Option<OffsetDateTime>> {
         match self.expires_at {
-            Some(at) if at <= OffsetDateTime::now_utc() => Err(ApiError::new(
-                bulkhead_core::Code::InvalidRequest,
-                "expires_at must be in the future",
-            )),
+            Some(at) if at <= OffsetDateTime::now_utc() => {
+                Err(ApiError::new(bulkhead_core::Code::InvalidRequest, "expires_at must be in the future"))
+            }
             other => Ok(other),
         }
     }
@@ -114,26 +113,13 @@ fn key_list(page: bulkhead_core::page::Page<ApiKey>) -> List<KeyView> {
     List::from_page(page, |k| k.id.as_uuid(), KeyView::from)
 }
 
-async fn create_for(
-    state: &AppState,
-    ctx: &TenantCtx,
-    body: CreateKey,
-) -> ApiResult<Created<CreatedKey>> {
+async fn create_for(state: &AppState, ctx: &TenantCtx, body: CreateKey) -> ApiResult<Created<CreatedKey>> {
     let expires_at = body.checked_expiry()?;
     let scope = body.scope.unwrap_or(Scope::TenantApp);
     let new = keys::generate(KeyKind::Tenant);
-    let key = state
-        .store
-        .create_tenant_key(ctx, &body.name, scope, &new, expires_at)
-        .await?;
+    let key = state.store.create_tenant_key(ctx, &body.name, scope, &new, expires_at).await?;
     tracing::info!(key = %key.id, prefix = %key.prefix, scope = scope.as_str(), "tenant key created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedKey {
-            key: key.into(),
-            secret: new.secret,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: key.into(), secret: new.secret })))
 }
 
 /// Create a key for the caller's tenant (tenant admin).
@@ -156,9 +142,7 @@ async fn list_own_keys(
     TenantAdmin(ctx): TenantAdmin,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> ApiResult<Json<List<KeyView>>> {
-    Ok(Json(key_list(
-        state.store.list_tenant_keys(&ctx, params.page()?).await?,
-    )))
+    Ok(Json(key_list(state.store.list_tenant_keys(&ctx, params.page()?).await?)))
 }
 
 /// Show one of the caller's tenant's keys.
@@ -190,11 +174,8 @@ async fn revoke_own_key(
 }
 
 /// The operator acting for the tenant in the path, which must exist.
-async fn act_for(state: &AppState, op: &OperatorCtx, raw: &str) -> ApiResult<TenantCtx> {
-    let tenant: TenantId = parse_id(raw, "tenant")?;
-    state.store.get_tenant(op, tenant).await?;
-    tracing::info!(operator_key = ?op.key_id(), %tenant, "operator acting for tenant");
-    Ok(op.act_for(tenant))
+pub(crate) async fn act_for(state: &AppState, op: &OperatorCtx, raw: &str) -> ApiResult<TenantCtx> {
+    crate::auth::act_for(state, op, parse_id(raw, "tenant")?).await
 }
 
 /// Create a key for a tenant (operator).
@@ -222,9 +203,7 @@ async fn list_tenant_keys(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> ApiResult<Json<List<KeyView>>> {
     let ctx = act_for(&state, &op, &tenant).await?;
-    Ok(Json(key_list(
-        state.store.list_tenant_keys(&ctx, params.page()?).await?,
-    )))
+    Ok(Json(key_list(state.store.list_tenant_keys(&ctx, params.page()?).await?)))
 }
 
 /// Revoke a tenant's key (operator).
@@ -251,25 +230,13 @@ async fn create_operator_key(
     ApiJson(body): ApiJson<CreateKey>,
 ) -> ApiResult<Created<CreatedKey>> {
     if body.scope.is_some() {
-        return Err(ApiError::new(
-            bulkhead_core::Code::InvalidRequest,
-            "operator keys have no scope",
-        ));
+        return Err(ApiError::new(bulkhead_core::Code::InvalidRequest, "operator keys have no scope"));
     }
     let expires_at = body.checked_expiry()?;
     let new = keys::generate(KeyKind::Operator);
-    let key = state
-        .store
-        .create_operator_key(&op, &body.name, &new, expires_at)
-        .await?;
+    let key = state.store.create_operator_key(&op, &body.name, &new, expires_at).await?;
     tracing::info!(key = %key.id, prefix = %key.prefix, "operator key created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedKey {
-            key: key.into(),
-            secret: new.secret,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: key.into(), secret: new.secret })))
 }
 
 /// List operator keys.
@@ -280,9 +247,7 @@ async fn list_operator_keys(
     Operator(op): Operator,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> ApiResult<Json<List<KeyView>>> {
-    Ok(Json(key_list(
-        state.store.list_operator_keys(&op, params.page()?).await?,
-    )))
+    Ok(Json(key_list(state.store.list_operator_keys(&op, params.page()?).await?)))
 }
 
 /// Revoke an operator key.

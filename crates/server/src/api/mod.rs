@@ -12,9 +12,11 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 
+pub mod billing;
 pub mod health;
 pub mod keys;
 pub mod tenants;
+pub mod usage;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,7 +33,8 @@ pub mod tenants;
         (name = "health", description = "Liveness and readiness"),
         (name = "tenants", description = "Operator: tenants and their keys"),
         (name = "operator", description = "Operator keys"),
-        (name = "tenant", description = "A tenant's view of itself and its keys"),
+        (name = "tenant", description = "A tenant's view of itself, its keys, budget and limits"),
+        (name = "usage", description = "Usage, cost, export and ingestion"),
     )
 )]
 pub struct ApiDoc;
@@ -53,6 +56,8 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(tenants::routes())
         .merge(keys::routes())
+        .merge(usage::routes())
+        .merge(billing::routes())
 }
 
 pub async fn not_found() -> ApiError {
@@ -60,10 +65,7 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        Code::MethodNotAllowed,
-        "method not allowed on this route; see /openapi.json",
-    )
+    ApiError::new(Code::MethodNotAllowed, "method not allowed on this route; see /openapi.json")
 }
 
 /// `limit` and `after` on every list.
@@ -95,23 +97,14 @@ pub struct List<T: ToSchema> {
 
 impl<T: ToSchema> List<T> {
     pub fn from_page<S>(page: Page<S>, id: impl Fn(&S) -> Uuid, view: impl Fn(S) -> T) -> Self {
-        let next_after = if page.has_more {
-            page.items.last().map(&id)
-        } else {
-            None
-        };
-        Self {
-            data: page.items.into_iter().map(view).collect(),
-            has_more: page.has_more,
-            next_after,
-        }
+        let next_after = if page.has_more { page.items.last().map(&id) } else { None };
+        Self { data: page.items.into_iter().map(view).collect(), has_more: page.has_more, next_after }
     }
 }
 
 /// Parses an id from a path; a malformed id is simply not found.
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> ApiResult<T> {
-    raw.parse()
-        .map_err(|_| ApiError::new(Code::NotFound, format!("{what} not found")))
+    raw.parse().map_err(|_| ApiError::new(Code::NotFound, format!("{what} not found")))
 }
 
 pub type Created<T> = (StatusCode, axum::Json<T>);

@@ -142,15 +142,8 @@ async fn update_tenant(
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> ApiResult<Json<TenantView>> {
     let id = parse_id(&id, "tenant")?;
-    let patch = TenantPatch {
-        name: body.name,
-        tier: body.tier,
-        status: None,
-        metadata: body.metadata,
-    };
-    Ok(Json(
-        state.store.update_tenant(&op, id, patch).await?.into(),
-    ))
+    let patch = TenantPatch { name: body.name, tier: body.tier, status: None, metadata: body.metadata };
+    Ok(Json(state.store.update_tenant(&op, id, patch).await?.into()))
 }
 
 /// Delete a tenant and all of its data.
@@ -175,10 +168,7 @@ async fn set_status(
     status: TenantStatus,
 ) -> ApiResult<Json<TenantView>> {
     let id: TenantId = parse_id(id, "tenant")?;
-    let patch = TenantPatch {
-        status: Some(status),
-        ..Default::default()
-    };
+    let patch = TenantPatch { status: Some(status), ..Default::default() };
     let tenant = state.store.update_tenant(op, id, patch).await?;
     tracing::info!(tenant = %id, status = status.as_str(), "tenant status changed");
     Ok(Json(tenant.into()))
@@ -211,9 +201,6 @@ async fn resume_tenant(
 /// The caller's own tenant.
 #[utoipa::path(get, path = "/v1/tenant", tag = "tenant", security(("bearer" = [])),
     responses((status = 200, body = TenantView), (status = 401, body = ErrorBody)))]
-async fn own_tenant(
-    State(state): State<AppState>,
-    TenantApp(ctx): TenantApp,
-) -> ApiResult<Json<TenantView>> {
+async fn own_tenant(State(state): State<AppState>, TenantApp(ctx): TenantApp) -> ApiResult<Json<TenantView>> {
     Ok(Json(state.store.own_tenant(&ctx).await?.into()))
 }

@@ -23,6 +23,8 @@ use crate::error::classify;
 use crate::model::{ApiKey, NewTenant, Tenant, TenantPatch, validate_key_name};
 use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
+mod usage;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 #[derive(Debug, Clone)]
@@ -46,20 +48,17 @@ fn decode<T: FromStr>(s: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse::<T>()
-        .map_err(|e| StoreError::Db(sqlx::Error::Decode(e.to_string().into())))
+    s.parse::<T>().map_err(|e| StoreError::Db(sqlx::Error::Decode(e.to_string().into())))
 }
 
 /// UTC now, truncated to whole microseconds so both backends round-trip it.
 pub(crate) fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .expect("valid nanosecond")
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000).expect("valid nanosecond")
 }
 
 const TENANT_COLS: &str = "id, name, tier, status, metadata, created_at, updated_at";
-const KEY_COLS: &str =
-    "id, tenant_id, name, prefix, scope, created_at, expires_at, revoked_at, last_used_at";
+const KEY_COLS: &str = "id, tenant_id, name, prefix, scope, created_at, expires_at, revoked_at, last_used_at";
 
 fn tenant_from_row(row: &SqliteRow) -> Result<Tenant> {
     Ok(Tenant {
@@ -77,16 +76,10 @@ fn tenant_from_row(row: &SqliteRow) -> Result<Tenant> {
 fn key_from_row(row: &SqliteRow) -> Result<ApiKey> {
     Ok(ApiKey {
         id: decode(row.try_get::<&str, _>("id")?)?,
-        tenant_id: row
-            .try_get::<Option<&str>, _>("tenant_id")?
-            .map(decode)
-            .transpose()?,
+        tenant_id: row.try_get::<Option<&str>, _>("tenant_id")?.map(decode).transpose()?,
         name: row.try_get("name")?,
         prefix: row.try_get("prefix")?,
-        scope: row
-            .try_get::<Option<&str>, _>("scope")?
-            .map(decode::<Scope>)
-            .transpose()?,
+        scope: row.try_get::<Option<&str>, _>("scope")?.map(decode::<Scope>).transpose()?,
         created_at: parse_ts(row.try_get("created_at")?)?,
         expires_at: opt_ts(row.try_get("expires_at")?)?,
         revoked_at: opt_ts(row.try_get("revoked_at")?)?,
@@ -113,22 +106,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
 
     async fn fetch_tenant(&self, id: TenantId) -> Result<Tenant> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TENANT_COLS} FROM tenants WHERE id = ?"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?")))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
         tenant_from_row(&row)
     }
 
@@ -142,11 +130,7 @@ impl SqliteStore {
     ) -> Result<ApiKey> {
         validate_key_name(name)?;
         let id = KeyId::new();
-        let kind = if tenant.is_some() {
-            "tenant"
-        } else {
-            "operator"
-        };
+        let kind = if tenant.is_some() { "tenant" } else { "operator" };
         let row = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO api_keys (id, tenant_id, kind, name, prefix, hash, scope, created_at, expires_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {KEY_COLS}"
@@ -211,13 +195,7 @@ impl TenantStore for SqliteStore {
         .bind(&at)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| {
-            classify(
-                e,
-                || format!("a tenant named {:?} already exists", new.name),
-                "tenant",
-            )
-        })?;
+        .map_err(|e| classify(e, || format!("a tenant named {:?} already exists", new.name), "tenant"))?;
         tenant_from_row(&row)
     }
 
@@ -229,10 +207,7 @@ impl TenantStore for SqliteStore {
         .bind(page.fetch())
         .fetch_all(&self.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(tenant_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let items = rows.iter().map(tenant_from_row).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_fetched(items, page))
     }
 
@@ -241,22 +216,15 @@ impl TenantStore for SqliteStore {
     }
 
     async fn find_tenant_by_name(&self, _op: &OperatorCtx, name: &str) -> Result<Tenant> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TENANT_COLS} FROM tenants WHERE name = ?"
-        )))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLS} FROM tenants WHERE name = ?")))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
         tenant_from_row(&row)
     }
 
-    async fn update_tenant(
-        &self,
-        _op: &OperatorCtx,
-        id: TenantId,
-        patch: TenantPatch,
-    ) -> Result<Tenant> {
+    async fn update_tenant(&self, _op: &OperatorCtx, id: TenantId, patch: TenantPatch) -> Result<Tenant> {
         patch.validate()?;
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE tenants SET
@@ -272,23 +240,15 @@ impl TenantStore for SqliteStore {
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| {
-            classify(
-                e,
-                || format!("a tenant named {:?} already exists", patch.name),
-                "tenant",
-            )
-        })?
+        .map_err(|e| classify(e, || format!("a tenant named {:?} already exists", patch.name), "tenant"))?
         .ok_or(StoreError::NotFound("tenant"))?;
         tenant_from_row(&row)
     }
 
     async fn delete_tenant(&self, _op: &OperatorCtx, id: TenantId) -> Result<()> {
         // Every tenant-owned table references tenants ON DELETE CASCADE.
-        let done = sqlx::query("DELETE FROM tenants WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM tenants WHERE id = ?").bind(id.to_string()).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("tenant"));
         }
@@ -337,8 +297,7 @@ impl KeyStore for SqliteStore {
         key: &NewKey,
         expires_at: Option<OffsetDateTime>,
     ) -> Result<ApiKey> {
-        self.insert_key(Some(ctx.tenant_id()), name, Some(scope), key, expires_at)
-            .await
+        self.insert_key(Some(ctx.tenant_id()), name, Some(scope), key, expires_at).await
     }
 
     async fn list_tenant_keys(&self, ctx: &TenantCtx, page: PageReq) -> Result<Page<ApiKey>> {
@@ -372,14 +331,8 @@ impl KeyStore for SqliteStore {
         let Some(row) = row else { return Ok(None) };
         Ok(Some(StoredKey {
             id: decode(row.try_get::<&str, _>("id")?)?,
-            tenant_id: row
-                .try_get::<Option<&str>, _>("tenant_id")?
-                .map(decode)
-                .transpose()?,
-            scope: row
-                .try_get::<Option<&str>, _>("scope")?
-                .map(decode::<Scope>)
-                .transpose()?,
+            tenant_id: row.try_get::<Option<&str>, _>("tenant_id")?.map(decode).transpose()?,
+            scope: row.try_get::<Option<&str>, _>("scope")?.map(decode::<Scope>).transpose()?,
             hash: row.try_get("hash")?,
             revoked: row.try_get::<Option<String>, _>("revoked_at")?.is_some(),
             expires_at: opt_ts(row.try_get("expires_at")?)?,

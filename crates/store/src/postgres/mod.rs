@@ -22,6 +22,8 @@ use crate::model::{ApiKey, NewTenant, Tenant, TenantPatch, validate_key_name};
 use crate::sqlite::now;
 use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
+mod usage;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Debug, Clone)]
@@ -34,13 +36,11 @@ fn decode<T: FromStr>(s: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse::<T>()
-        .map_err(|e| StoreError::Db(sqlx::Error::Decode(e.to_string().into())))
+    s.parse::<T>().map_err(|e| StoreError::Db(sqlx::Error::Decode(e.to_string().into())))
 }
 
 const TENANT_COLS: &str = "id, name, tier, status, metadata, created_at, updated_at";
-const KEY_COLS: &str =
-    "id, tenant_id, name, prefix, scope, created_at, expires_at, revoked_at, last_used_at";
+const KEY_COLS: &str = "id, tenant_id, name, prefix, scope, created_at, expires_at, revoked_at, last_used_at";
 
 fn tenant_from_row(row: &PgRow) -> Result<Tenant> {
     Ok(Tenant {
@@ -57,15 +57,10 @@ fn tenant_from_row(row: &PgRow) -> Result<Tenant> {
 fn key_from_row(row: &PgRow) -> Result<ApiKey> {
     Ok(ApiKey {
         id: KeyId::from_uuid(row.try_get("id")?),
-        tenant_id: row
-            .try_get::<Option<Uuid>, _>("tenant_id")?
-            .map(TenantId::from_uuid),
+        tenant_id: row.try_get::<Option<Uuid>, _>("tenant_id")?.map(TenantId::from_uuid),
         name: row.try_get("name")?,
         prefix: row.try_get("prefix")?,
-        scope: row
-            .try_get::<Option<&str>, _>("scope")?
-            .map(decode::<Scope>)
-            .transpose()?,
+        scope: row.try_get::<Option<&str>, _>("scope")?.map(decode::<Scope>).transpose()?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
@@ -96,10 +91,7 @@ impl PgStore {
             })
             .connect_with(options)
             .await?;
-        Ok(Self {
-            pool,
-            app_role: app_role.to_owned(),
-        })
+        Ok(Self { pool, app_role: app_role.to_owned() })
     }
 
     pub fn app_role(&self) -> &str {
@@ -123,9 +115,7 @@ impl PgStore {
 
     async fn platform_tx(&self) -> Result<Transaction<'_, Postgres>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.platform', 'on', true)")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT set_config('app.platform', 'on', true)").execute(&mut *tx).await?;
         Ok(tx)
     }
 
@@ -139,11 +129,7 @@ impl PgStore {
         expires_at: Option<OffsetDateTime>,
     ) -> Result<ApiKey> {
         validate_key_name(name)?;
-        let kind = if tenant.is_some() {
-            "tenant"
-        } else {
-            "operator"
-        };
+        let kind = if tenant.is_some() { "tenant" } else { "operator" };
         let row = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO api_keys (id, tenant_id, kind, name, prefix, hash, scope, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {KEY_COLS}"
@@ -226,9 +212,7 @@ async fn setup_app_role(owner: &mut PgConnection, role: &str) -> Result<()> {
         format!("REVOKE ALL ON _sqlx_migrations FROM {role}"),
     ];
     for sql in statements {
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *owner)
-            .await?;
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *owner).await?;
     }
     let (superuser, bypass): (bool, bool) =
         sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
@@ -240,12 +224,11 @@ async fn setup_app_role(owner: &mut PgConnection, role: &str) -> Result<()> {
             "application role {role} is a superuser or has BYPASSRLS; row-level security would not apply"
         )));
     }
-    let owns: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = $1",
-    )
-    .bind(role)
-    .fetch_one(&mut *owner)
-    .await?;
+    let owns: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = $1")
+            .bind(role)
+            .fetch_one(&mut *owner)
+            .await?;
     if owns > 0 {
         return Err(StoreError::Setup(format!(
             "application role {role} owns tables; owners bypass row-level security"
@@ -271,13 +254,7 @@ impl TenantStore for PgStore {
         .bind(at)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            classify(
-                e,
-                || format!("a tenant named {:?} already exists", new.name),
-                "tenant",
-            )
-        })?;
+        .map_err(|e| classify(e, || format!("a tenant named {:?} already exists", new.name), "tenant"))?;
         tx.commit().await?;
         tenant_from_row(&row)
     }
@@ -292,45 +269,33 @@ impl TenantStore for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let items = rows
-            .iter()
-            .map(tenant_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let items = rows.iter().map(tenant_from_row).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_fetched(items, page))
     }
 
     async fn get_tenant(&self, _op: &OperatorCtx, id: TenantId) -> Result<Tenant> {
         let mut tx = self.platform_tx().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TENANT_COLS} FROM tenants WHERE id = $1"
-        )))
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1")))
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
         tx.commit().await?;
         tenant_from_row(&row)
     }
 
     async fn find_tenant_by_name(&self, _op: &OperatorCtx, name: &str) -> Result<Tenant> {
         let mut tx = self.platform_tx().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TENANT_COLS} FROM tenants WHERE name = $1"
-        )))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLS} FROM tenants WHERE name = $1")))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
         tx.commit().await?;
         tenant_from_row(&row)
     }
 
-    async fn update_tenant(
-        &self,
-        _op: &OperatorCtx,
-        id: TenantId,
-        patch: TenantPatch,
-    ) -> Result<Tenant> {
+    async fn update_tenant(&self, _op: &OperatorCtx, id: TenantId, patch: TenantPatch) -> Result<Tenant> {
         patch.validate()?;
         let mut tx = self.platform_tx().await?;
         let row = sqlx::query(AssertSqlSafe(format!(
@@ -347,13 +312,7 @@ impl TenantStore for PgStore {
         .bind(id.as_uuid())
         .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| {
-            classify(
-                e,
-                || format!("a tenant named {:?} already exists", patch.name),
-                "tenant",
-            )
-        })?
+        .map_err(|e| classify(e, || format!("a tenant named {:?} already exists", patch.name), "tenant"))?
         .ok_or(StoreError::NotFound("tenant"))?;
         tx.commit().await?;
         tenant_from_row(&row)
@@ -362,10 +321,8 @@ impl TenantStore for PgStore {
     async fn delete_tenant(&self, _op: &OperatorCtx, id: TenantId) -> Result<()> {
         let mut tx = self.platform_tx().await?;
         // Tenant-owned tables reference tenants ON DELETE CASCADE.
-        let done = sqlx::query("DELETE FROM tenants WHERE id = $1")
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM tenants WHERE id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("tenant"));
         }
@@ -375,13 +332,11 @@ impl TenantStore for PgStore {
 
     async fn own_tenant(&self, ctx: &TenantCtx) -> Result<Tenant> {
         let mut tx = self.tenant_tx(ctx).await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TENANT_COLS} FROM tenants WHERE id = $1"
-        )))
-        .bind(ctx.tenant_id().as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLS} FROM tenants WHERE id = $1")))
+            .bind(ctx.tenant_id().as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
         tx.commit().await?;
         tenant_from_row(&row)
     }
@@ -430,15 +385,7 @@ impl KeyStore for PgStore {
         expires_at: Option<OffsetDateTime>,
     ) -> Result<ApiKey> {
         let tx = self.tenant_tx(ctx).await?;
-        self.insert_key(
-            tx,
-            Some(ctx.tenant_id()),
-            name,
-            Some(scope),
-            key,
-            expires_at,
-        )
-        .await
+        self.insert_key(tx, Some(ctx.tenant_id()), name, Some(scope), key, expires_at).await
     }
 
     async fn list_tenant_keys(&self, ctx: &TenantCtx, page: PageReq) -> Result<Page<ApiKey>> {
@@ -478,17 +425,10 @@ impl KeyStore for PgStore {
         let Some(row) = row else { return Ok(None) };
         Ok(Some(StoredKey {
             id: KeyId::from_uuid(row.try_get("id")?),
-            tenant_id: row
-                .try_get::<Option<Uuid>, _>("tenant_id")?
-                .map(TenantId::from_uuid),
-            scope: row
-                .try_get::<Option<&str>, _>("scope")?
-                .map(decode::<Scope>)
-                .transpose()?,
+            tenant_id: row.try_get::<Option<Uuid>, _>("tenant_id")?.map(TenantId::from_uuid),
+            scope: row.try_get::<Option<&str>, _>("scope")?.map(decode::<Scope>).transpose()?,
             hash: row.try_get("hash")?,
-            revoked: row
-                .try_get::<Option<OffsetDateTime>, _>("revoked_at")?
-                .is_some(),
+            revoked: row.try_get::<Option<OffsetDateTime>, _>("revoked_at")?.is_some(),
             expires_at: row.try_get("expires_at")?,
             tenant_status: row
                 .try_get::<Option<&str>, _>("status")?

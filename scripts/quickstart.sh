@@ -15,9 +15,15 @@ need curl curl
 need python3 python3
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 
-step "build"
-cargo build --locked --bin bulkhead
-bin=target/debug/bulkhead
+# BULKHEAD_BIN lets the test command reuse the binary its build just made
+# (a plain `cargo build` resolves features differently and would rebuild).
+if [ -n "${BULKHEAD_BIN:-}" ]; then
+    bin=$BULKHEAD_BIN
+else
+    step "build"
+    cargo build --locked --bin bulkhead
+    bin=target/debug/bulkhead
+fi
 
 data=$(mktemp -d /tmp/bulkhead-quickstart.XXXXXX)
 log="$data/serve.log"

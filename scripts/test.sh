@@ -37,8 +37,13 @@ BULKHEAD_TEST_REDIS_URL=$(scripts/redis.sh start "$redisdir" | tail -n 1)
 export BULKHEAD_TEST_REDIS_URL
 unset BULKHEAD_TEST_SKIP_REDIS
 
-log "cargo test (SQLite, PostgreSQL and Redis)"
+log "a Python with the official openai SDK"
+BULKHEAD_TEST_PYTHON=$(scripts/pyenv.sh | tail -n 1)
+export BULKHEAD_TEST_PYTHON
+unset BULKHEAD_TEST_SKIP_PYTHON
+
+log "cargo test (SQLite, PostgreSQL, Redis and the openai SDK)"
 cargo test --workspace --locked "$@"
 
-log "README main job: scripts/quickstart.sh"
-bash scripts/quickstart.sh
+log "README main job: scripts/quickstart.sh (with the binary the tests built)"
+BULKHEAD_BIN=target/debug/bulkhead bash scripts/quickstart.sh

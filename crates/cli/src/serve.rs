@@ -36,10 +36,10 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    let metering = bulkhead_server::bootstrap::metering(&config, &store)
+    let services = bulkhead_server::bootstrap::services(&config, store)
         .await
-        .map_err(|e| anyhow::anyhow!("starting metering: {e}"))?;
-    bulkhead_server::serve(listener, AppState::new(store, metering, config.server), shutdown).await?;
+        .map_err(|e| anyhow::anyhow!("starting services: {e}"))?;
+    bulkhead_server::serve(listener, AppState::new(services, config.server), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

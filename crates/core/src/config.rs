@@ -22,6 +22,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metering: MeteringConfig,
     pub limits: LimitsConfig,
+    pub models: ModelsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +86,88 @@ impl Default for MeteringConfig {
             reservation_ttl_secs: 15 * 60,
             ledger_queue: 16_384,
             ledger_batch: 2_000,
+        }
+    }
+}
+
+/// Model providers and the platform's default model per task type.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Task type (`reasoning`, `classification`, `summarization`,
+    /// `embedding`, … an open set) → model, for tenants that set none.
+    pub defaults: std::collections::BTreeMap<String, String>,
+    /// Providers by the name the model catalog uses (`openai`, `anthropic`,
+    /// `builtin`, or your own, e.g. a vLLM server).
+    pub providers: std::collections::BTreeMap<String, ProviderSettings>,
+    /// Master key (32 bytes, base64) that wraps each tenant's data key in
+    /// the vault. Without one, the embedded store keeps a generated key in
+    /// `<data_dir>/master.key`; PostgreSQL deployments must set it.
+    pub master_key: Option<String>,
+}
+
+/// How to reach one provider.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// `openai` (also any OpenAI-compatible server), `anthropic` or `builtin`.
+    pub kind: String,
+    pub base_url: String,
+    /// The platform's key; tenants may bring their own instead.
+    pub api_key: Option<String>,
+    pub timeout_secs: u64,
+    pub max_retries: u32,
+}
+
+impl std::fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout_secs", &self.timeout_secs)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            kind: "openai".into(),
+            base_url: String::new(),
+            api_key: None,
+            timeout_secs: 120,
+            max_retries: 2,
+        }
+    }
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        let provider = |kind: &str, base_url: &str| ProviderSettings {
+            kind: kind.into(),
+            base_url: base_url.into(),
+            ..ProviderSettings::default()
+        };
+        Self {
+            defaults: [
+                ("reasoning", "builtin/scripted"),
+                ("classification", "builtin/scripted"),
+                ("summarization", "builtin/scripted"),
+                ("chat", "builtin/scripted"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            providers: [
+                ("builtin".to_owned(), provider("builtin", "")),
+                ("openai".to_owned(), provider("openai", "https://api.openai.com/v1")),
+                ("anthropic".to_owned(), provider("anthropic", "https://api.anthropic.com")),
+            ]
+            .into_iter()
+            .collect(),
+            master_key: None,
         }
     }
 }
@@ -153,6 +236,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("APP_ROLE", "store.app_role"),
     ("OPERATOR_KEY", "auth.operator_key"),
     ("REDIS_URL", "limits.redis_url"),
+    ("MASTER_KEY", "models.master_key"),
     ("LOG_FORMAT", "log.format"),
     ("LOG", "log.filter"),
 ];
@@ -234,6 +318,20 @@ impl Config {
             return Err(Error::invalid(
                 "metering.reservation_ttl_secs, ledger_queue and ledger_batch must be above 0",
             ));
+        }
+        for (name, p) in &self.models.providers {
+            if !matches!(p.kind.as_str(), "openai" | "anthropic" | "builtin") {
+                return Err(Error::invalid(format!(
+                    "models.providers.{name}.kind must be openai, anthropic or builtin"
+                )));
+            }
+            if p.kind != "builtin"
+                && !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://"))
+            {
+                return Err(Error::invalid(format!(
+                    "models.providers.{name}.base_url must be an http(s) URL"
+                )));
+            }
         }
         if self.store.max_connections == 0 {
             return Err(Error::invalid("store.max_connections must be at least 1"));

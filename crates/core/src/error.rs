@@ -26,6 +26,8 @@ pub enum Code {
     MalformedJson,
     /// The request names a model the catalog does not know.
     UnknownModel,
+    /// The model exists but is not on the tenant's allow list.
+    ModelNotAllowed,
     /// The request conflicts with existing state (e.g. a duplicate name).
     Conflict,
     /// The body is larger than the configured limit.
@@ -54,6 +56,7 @@ impl Code {
         Code::InvalidRequest,
         Code::MalformedJson,
         Code::UnknownModel,
+        Code::ModelNotAllowed,
         Code::Conflict,
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
@@ -68,7 +71,7 @@ impl Code {
     pub fn status(self) -> u16 {
         match self {
             Code::Unauthorized => 401,
-            Code::Forbidden | Code::TenantSuspended => 403,
+            Code::Forbidden | Code::TenantSuspended | Code::ModelNotAllowed => 403,
             Code::NotFound => 404,
             Code::MethodNotAllowed => 405,
             Code::Conflict => 409,
@@ -91,6 +94,7 @@ impl Code {
             Code::InvalidRequest => "invalid_request",
             Code::MalformedJson => "malformed_json",
             Code::UnknownModel => "unknown_model",
+            Code::ModelNotAllowed => "model_not_allowed",
             Code::Conflict => "conflict",
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
@@ -112,6 +116,7 @@ impl Code {
             Code::InvalidRequest => "a parameter or field is invalid",
             Code::MalformedJson => "the body is not valid JSON for this endpoint",
             Code::UnknownModel => "the model is not in the catalog",
+            Code::ModelNotAllowed => "the model is not on the tenant's allow list",
             Code::Conflict => "conflicts with existing state, e.g. a duplicate name",
             Code::PayloadTooLarge => "the body exceeds the configured size limit",
             Code::UnsupportedMediaType => "the content type is not accepted here",

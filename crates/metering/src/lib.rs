@@ -87,6 +87,8 @@ impl Admitted {
 pub struct TenantTerms {
     pub limits: TenantLimits,
     pub pricing: TenantPricing,
+    /// The tenant's model settings document (its shape belongs to `models`).
+    pub models: serde_json::Value,
 }
 
 /// The metering service. Cheap to clone.
@@ -151,6 +153,7 @@ impl Metering {
         let terms = TenantTerms {
             limits: overrides.merged_over(&TenantLimits::defaults_for(tenant.tier)),
             pricing: TenantPricing::from_json(&settings.pricing)?,
+            models: settings.models,
         };
         self.inner.terms.lock().expect("terms cache").insert(ctx.tenant_id(), (now, terms.clone()));
         Ok(terms)

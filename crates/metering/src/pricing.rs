@@ -16,12 +16,23 @@ const BUILTIN_CATALOG: &str = include_str!("../catalog/models.toml");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPrice {
+    /// The provider (by its name in `models.providers`) that serves it.
     pub provider: String,
+    /// The model's id at the provider, when it differs from the catalog name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_model: Option<String>,
+    /// What the model does: `chat` (default) or `embedding`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
     pub input_per_mtok: Money,
     pub output_per_mtok: Money,
     pub cached_input_per_mtok: Money,
     pub context_window: u32,
     pub max_output: u32,
+}
+
+fn default_mode() -> String {
+    "chat".into()
 }
 
 /// Models by name.

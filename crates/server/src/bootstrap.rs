@@ -1,5 +1,6 @@
-//! Start-up: the operator key on first start, and the metering service
-//! (pricing, limiter) built from configuration.
+//! Start-up: the operator key on first start, and the services built from
+//! configuration — metering (pricing, limiter), the vault (master key) and
+//! the model router.
 
 use std::sync::Arc;
 
@@ -8,7 +9,9 @@ use bulkhead_core::keys::{self, KeyKind};
 use bulkhead_core::{Error, OperatorCtx};
 use bulkhead_limits::{Limiter, LocalLimiter, RateFallback, RedisLimiter, RedisLimiterConfig};
 use bulkhead_metering::{Catalog, LedgerConfig, Metering, MeteringConfig, OtherPrices, Pricing};
+use bulkhead_models::routing::ModelRouter;
 use bulkhead_store::DynStore;
+use bulkhead_vault::{MasterKey, Vault};
 
 /// If the store has no live operator key, installs `configured` (from
 /// `BULKHEAD_OPERATOR_KEY`) or a fresh one. Returns the secret only when it
@@ -75,4 +78,37 @@ pub async fn metering(config: &Config, store: &DynStore) -> Result<Metering, Err
         ..Default::default()
     };
     Ok(Metering::start(store.clone(), pricing(config)?, limiter(config).await?, metering_config))
+}
+
+/// The master key: configured, or (embedded store only) kept in
+/// `<data_dir>/master.key`, generated on first start.
+pub fn master_key(config: &Config) -> Result<MasterKey, Error> {
+    if let Some(text) = &config.models.master_key {
+        return MasterKey::from_base64(text);
+    }
+    if config.store.database_url.is_some() {
+        return Err(Error::invalid(
+            "set BULKHEAD_MASTER_KEY (32 bytes, base64) to use PostgreSQL: the vault's master key must be shared by every replica",
+        ));
+    }
+    std::fs::create_dir_all(&config.store.data_dir)
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", config.store.data_dir.display())))?;
+    MasterKey::load_or_create(&config.store.data_dir.join("master.key"))
+}
+
+/// Everything the HTTP layer (and later the workers) use.
+#[derive(Clone)]
+pub struct Services {
+    pub store: DynStore,
+    pub metering: Metering,
+    pub models: Arc<ModelRouter>,
+    pub vault: Vault,
+}
+
+pub async fn services(config: &Config, store: DynStore) -> Result<Services, Error> {
+    let metering = metering(config, &store).await?;
+    let vault = Vault::new(store.clone(), master_key(config)?);
+    let models =
+        Arc::new(ModelRouter::new(metering.pricing().catalog.clone(), config.models.clone(), vault.clone()));
+    Ok(Services { store, metering, models, vault })
 }

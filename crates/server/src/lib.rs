@@ -15,7 +15,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use bulkhead_core::config::ServerConfig;
 use bulkhead_metering::Metering;
+use bulkhead_models::routing::ModelRouter;
 use bulkhead_store::DynStore;
+use bulkhead_vault::Vault;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -36,12 +38,15 @@ pub use error::ApiError;
 pub struct AppState {
     pub store: DynStore,
     pub metering: Metering,
+    pub models: Arc<ModelRouter>,
+    pub vault: Vault,
     pub config: Arc<ServerConfig>,
 }
 
 impl AppState {
-    pub fn new(store: DynStore, metering: Metering, config: ServerConfig) -> Self {
-        Self { store, metering, config: Arc::new(config) }
+    pub fn new(services: bootstrap::Services, config: ServerConfig) -> Self {
+        let bootstrap::Services { store, metering, models, vault } = services;
+        Self { store, metering, models, vault, config: Arc::new(config) }
     }
 }
 

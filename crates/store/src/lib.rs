@@ -139,11 +139,54 @@ pub trait SettingsStore: Send + Sync {
     async fn tenant_settings(&self, ctx: &TenantCtx) -> Result<TenantSettings>;
     async fn set_tenant_limits(&self, ctx: &TenantCtx, limits: &serde_json::Value) -> Result<()>;
     async fn set_tenant_pricing(&self, ctx: &TenantCtx, pricing: &serde_json::Value) -> Result<()>;
+    async fn set_tenant_models(&self, ctx: &TenantCtx, models: &serde_json::Value) -> Result<()>;
+}
+
+/// A tenant's encrypted secret, as stored: only ciphertext.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedSecret {
+    pub kind: String,
+    pub name: String,
+    pub ciphertext: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// Storage for the vault: wrapped per-tenant data keys and sealed secrets.
+/// Encryption happens above this layer (`bulkhead-vault`); nothing here
+/// ever sees plaintext.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// The tenant's wrapped data key and its nonce, if it has one.
+    async fn data_key(&self, ctx: &TenantCtx) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Stores the tenant's wrapped data key unless one exists; returns the
+    /// one that is stored now (so concurrent first writers agree).
+    async fn insert_data_key(
+        &self,
+        ctx: &TenantCtx,
+        wrapped: &[u8],
+        nonce: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>)>;
+    /// Creates or replaces a secret.
+    async fn put_secret(
+        &self,
+        ctx: &TenantCtx,
+        kind: &str,
+        name: &str,
+        ciphertext: &[u8],
+        nonce: &[u8],
+    ) -> Result<SealedSecret>;
+    async fn get_secret(&self, ctx: &TenantCtx, kind: &str, name: &str) -> Result<Option<SealedSecret>>;
+    /// Whether a secret was deleted.
+    async fn delete_secret(&self, ctx: &TenantCtx, kind: &str, name: &str) -> Result<bool>;
+    /// The tenant's secrets of a kind, by name (ciphertext included; callers show names only).
+    async fn list_secrets(&self, ctx: &TenantCtx, kind: &str) -> Result<Vec<SealedSecret>>;
 }
 
 /// Everything a server needs from its store.
 #[async_trait]
-pub trait Store: TenantStore + KeyStore + UsageStore + BudgetStore + SettingsStore {
+pub trait Store: TenantStore + KeyStore + UsageStore + BudgetStore + SettingsStore + SecretStore {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Cheap liveness check for `/readyz`.

@@ -65,6 +65,9 @@ async fn plant_everything(store: &DynStore, ctx: &TenantCtx) {
     ));
     store.set_tenant_limits(ctx, &json!({"requests_per_minute": 5})).await.unwrap();
     store.set_tenant_pricing(ctx, &json!({"markup_bps": 100})).await.unwrap();
+    store.set_tenant_models(ctx, &json!({"aliases": {"fast": "gpt-4o-mini"}})).await.unwrap();
+    store.insert_data_key(ctx, b"wrapped-key", b"nonce-123456").await.unwrap();
+    store.put_secret(ctx, "credential", "api", b"sealed", b"nonce-abcdef").await.unwrap();
     let status = store.budget_status(ctx, now).await.unwrap();
     assert_eq!(status.alerts.len(), 1, "the soft alert at 50 % is recorded: {:?}", status.alerts);
 }

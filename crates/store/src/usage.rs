@@ -228,12 +228,14 @@ pub struct BudgetStatus {
     pub alerts: Vec<BudgetAlert>,
 }
 
-/// The operator's per-tenant settings kept as documents: limits overrides
-/// and pricing overrides (their shapes belong to `limits` and `metering`).
+/// Per-tenant settings kept as documents: limits and pricing overrides (the
+/// operator's) and the model configuration (their shapes belong to `limits`,
+/// `metering` and `models`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TenantSettings {
     pub limits: serde_json::Value,
     pub pricing: serde_json::Value,
+    pub models: serde_json::Value,
 }
 
 /// The first instant of `now`'s UTC month and day.

@@ -26,7 +26,9 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        // PostgreSQL deployments need a master key; a fixed one serves the tests.
+        .env("BULKHEAD_MASTER_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=");
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -89,7 +89,15 @@ impl TestServer {
         Self::start_with(backend, ServerConfig::default()).await
     }
 
-    pub async fn start_with(backend: &str, mut config: ServerConfig) -> Self {
+    pub async fn start_with(backend: &str, config: ServerConfig) -> Self {
+        let full = bulkhead_core::config::Config { server: config, ..Default::default() };
+        Self::start_full(backend, full).await
+    }
+
+    /// A server with a whole configuration (providers, catalog, prices…).
+    pub async fn start_full(backend: &str, mut full: bulkhead_core::config::Config) -> Self {
+        init_log_capture();
+        let mut config = full.server.clone();
         let dir = tempfile::tempdir().unwrap();
         let store_config = bulkhead_store::testing::fresh_config(backend, dir.path()).await.unwrap();
         let store = bulkhead_store::open(&store_config).await.unwrap();
@@ -101,9 +109,9 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         config.listen = addr;
         let shutdown = CancellationToken::new();
-        let full = bulkhead_core::config::Config::default();
-        let metering = bulkhead_server::bootstrap::metering(&full, &store).await.unwrap();
-        let state = AppState::new(Arc::clone(&store), metering, config);
+        full.models.master_key = Some(bulkhead_vault::MasterKey::generate().to_base64());
+        let services = bulkhead_server::bootstrap::services(&full, Arc::clone(&store)).await.unwrap();
+        let state = AppState::new(services, config);
         tokio::spawn(bulkhead_server::serve(listener, state, shutdown.clone()));
         Self {
             base: format!("http://{addr}"),
@@ -189,4 +197,36 @@ impl TestServer {
 /// A unique marker to plant in a tenant's data and look for elsewhere.
 pub fn canary(label: &str) -> String {
     format!("canary-{label}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Every log line of the in-process servers of this test binary, so tests
+/// can check that no secret was ever logged.
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_log_capture() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,hyper=info,h2=info,reqwest=info,sqlx=warn")
+            .with_ansi(false)
+            .with_writer(|| LogSink)
+            .try_init();
+    });
+}
+
+/// Everything logged so far.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
 }

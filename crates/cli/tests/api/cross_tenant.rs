@@ -19,11 +19,14 @@ enum Expect {
     NotFound,
     /// An operator route: a tenant key is refused.
     Forbidden,
+    /// B's own request that names something of A's: refused (4xx), as unknown.
+    Refused,
 }
 
 struct Probe {
     method: Method,
-    /// `{a_tenant}`, `{a_admin_key}`, `{a_app_key}` stand for A's ids.
+    /// `{a_tenant}`, `{a_admin_key}`, `{a_app_key}`, `{a_alias}` stand for A's
+    /// ids and names, in the path and in the body.
     path: &'static str,
     body: Option<Value>,
     expect: Expect,
@@ -33,111 +36,144 @@ fn probe(method: Method, path: &'static str, expect: Expect) -> Probe {
     Probe { method, path, body: None, expect }
 }
 
+fn with_body(method: Method, path: &'static str, body: Value, expect: Expect) -> Probe {
+    Probe { method, path, body: Some(body), expect }
+}
+
 fn probes() -> Vec<Probe> {
     use Expect::*;
+    let say = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
     vec![
+        // Tenants and keys.
         probe(Method::GET, "/v1/tenant", Own),
         probe(Method::GET, "/v1/keys", Own),
         probe(Method::GET, "/v1/keys?limit=500", Own),
-        Probe { method: Method::POST, path: "/v1/keys", body: Some(json!({"name": "b's own"})), expect: Own },
+        with_body(Method::POST, "/v1/keys", json!({"name": "b's own"}), Own),
         probe(Method::GET, "/v1/keys/{a_admin_key}", NotFound),
         probe(Method::GET, "/v1/keys/{a_app_key}", NotFound),
         probe(Method::DELETE, "/v1/keys/{a_app_key}", NotFound),
         probe(Method::GET, "/v1/tenants", Forbidden),
         probe(Method::GET, "/v1/tenants/{a_tenant}", Forbidden),
-        Probe {
-            method: Method::PATCH,
-            path: "/v1/tenants/{a_tenant}",
-            body: Some(json!({"name": "stolen"})),
-            expect: Forbidden,
-        },
+        with_body(Method::PATCH, "/v1/tenants/{a_tenant}", json!({"name": "stolen"}), Forbidden),
         probe(Method::DELETE, "/v1/tenants/{a_tenant}", Forbidden),
         probe(Method::POST, "/v1/tenants/{a_tenant}/suspend", Forbidden),
         probe(Method::GET, "/v1/tenants/{a_tenant}/keys", Forbidden),
-        Probe {
-            method: Method::POST,
-            path: "/v1/tenants/{a_tenant}/keys",
-            body: Some(json!({"name": "x"})),
-            expect: Forbidden,
-        },
+        with_body(Method::POST, "/v1/tenants/{a_tenant}/keys", json!({"name": "x"}), Forbidden),
         probe(Method::DELETE, "/v1/tenants/{a_tenant}/keys/{a_app_key}", Forbidden),
         probe(Method::GET, "/v1/operator-keys", Forbidden),
+        // Usage, budgets, limits, pricing.
         probe(Method::GET, "/v1/usage", Own),
         probe(Method::GET, "/v1/usage?group_by=day,model,agent,kind", Own),
         probe(Method::GET, "/v1/usage/export", Own),
         probe(Method::GET, "/v1/usage/export?format=cloudevents", Own),
         probe(Method::GET, "/v1/budget", Own),
         probe(Method::GET, "/v1/limits", Own),
-        Probe {
-            method: Method::POST,
-            path: "/v1/usage/events",
-            body: Some(json!({"events": []})),
-            expect: Forbidden,
-        },
+        with_body(Method::POST, "/v1/usage/events", json!({"events": []}), Forbidden),
         probe(Method::GET, "/v1/tenants/{a_tenant}/budget", Forbidden),
-        Probe {
-            method: Method::PUT,
-            path: "/v1/tenants/{a_tenant}/budget",
-            body: Some(json!({})),
-            expect: Forbidden,
-        },
+        with_body(Method::PUT, "/v1/tenants/{a_tenant}/budget", json!({}), Forbidden),
         probe(Method::DELETE, "/v1/tenants/{a_tenant}/budget", Forbidden),
         probe(Method::GET, "/v1/tenants/{a_tenant}/limits", Forbidden),
-        Probe {
-            method: Method::PUT,
-            path: "/v1/tenants/{a_tenant}/limits",
-            body: Some(json!({})),
-            expect: Forbidden,
-        },
+        with_body(Method::PUT, "/v1/tenants/{a_tenant}/limits", json!({}), Forbidden),
         probe(Method::GET, "/v1/tenants/{a_tenant}/pricing", Forbidden),
-        Probe {
-            method: Method::PUT,
-            path: "/v1/tenants/{a_tenant}/pricing",
-            body: Some(json!({})),
-            expect: Forbidden,
-        },
+        with_body(Method::PUT, "/v1/tenants/{a_tenant}/pricing", json!({}), Forbidden),
+        // Models and the OpenAI-compatible endpoint.
+        probe(Method::GET, "/v1/model-config", Own),
+        probe(Method::GET, "/v1/models", Own),
+        probe(Method::GET, "/v1/provider-keys", Own),
+        probe(Method::DELETE, "/v1/provider-keys/openai", NotFound),
+        probe(Method::GET, "/v1/tenants/{a_tenant}/models", Forbidden),
+        with_body(Method::PUT, "/v1/tenants/{a_tenant}/models", json!({"allowed": null}), Forbidden),
+        // A's alias means nothing to B.
+        with_body(Method::POST, "/v1/chat/completions", say("{a_alias}"), Refused),
+        with_body(Method::POST, "/v1/chat/completions", say("builtin/scripted"), Own),
     ]
 }
 
-/// Puts a canary into every piece of A's data that exists.
-async fn plant(server: &TestServer) -> (TestTenant, Vec<String>) {
+/// Puts a canary into every piece of A's data that exists. Returns A, the
+/// canaries, and A's model alias.
+async fn plant(server: &TestServer) -> (TestTenant, Vec<String>, String) {
+    let op = server.operator_key.clone();
     let tenant_canary = canary("tenant-metadata");
-    let a = server
-        .tenant(
-            &format!("a-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
-            json!({"note": tenant_canary}),
-        )
-        .await;
+    let name = format!("a-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let a = server.tenant(&name, json!({"note": tenant_canary})).await;
     let key_canary = canary("key-name");
     server.post("/v1/keys", &a.admin_key, json!({"name": key_canary})).await.expect(201);
+
+    // Usage with canaries in every free-text field.
+    let usage_canary = canary("usage");
+    let model_canary = canary("model");
+    let agent = uuid::Uuid::now_v7().to_string();
+    let events = json!({"events": [
+        {"id": usage_canary, "kind": "llm", "name": "gpt-4o", "input_tokens": 100000, "output_tokens": 1,
+         "agent_id": agent, "request_id": usage_canary, "attributes": {"note": usage_canary}},
+        {"id": "plain", "kind": "storage", "name": model_canary, "quantity": 1, "unit": usage_canary, "cost_usd": "0.5"},
+    ]});
+    let tenant_header = [("x-tenant-id", a.id.as_str())];
+    server
+        .call_with(Method::POST, "/v1/usage/events", Some(&op), Some(events), &tenant_header)
+        .await
+        .expect(200);
+    // A budget with alerts, limits and pricing of its own.
+    let path = |what: &str| format!("/v1/tenants/{}/{what}", a.id);
+    let budget = json!({"monthly_limit_usd": "10", "soft_alert_percent": 5});
+    server.call(Method::PUT, &path("budget"), Some(&op), Some(budget)).await.expect(200);
+    server
+        .call(Method::PUT, &path("limits"), Some(&op), Some(json!({"requests_per_minute": 4321})))
+        .await
+        .expect(200);
+    server.call(Method::PUT, &path("pricing"), Some(&op), Some(json!({"markup_bps": 777}))).await.expect(200);
+
+    // A model alias, a provider key, and a conversation with the model.
+    let alias = canary("alias");
+    let provider_key = canary("provider-key");
+    let cfg = json!({"aliases": {alias.clone(): "builtin/scripted"}});
+    server.call(Method::PUT, "/v1/model-config", Some(&a.admin_key), Some(cfg)).await.expect(200);
+    let key = json!({"api_key": provider_key});
+    server.call(Method::PUT, "/v1/provider-keys/openai", Some(&a.admin_key), Some(key)).await.expect(200);
+    let prompt = canary("prompt");
+    let chat = json!({"model": alias, "messages": [{"role": "user", "content": prompt}]});
+    let answer = server.post("/v1/chat/completions", &a.app_key, chat).await;
+    assert!(answer.expect(200)["choices"][0]["message"]["content"].as_str().unwrap().contains(&prompt));
+
     // Everything that identifies A is as secret from B as its content.
     let canaries = vec![
         tenant_canary,
         key_canary,
+        usage_canary,
+        model_canary,
+        agent,
+        alias.clone(),
+        provider_key,
+        prompt,
         a.id.clone(),
         a.name.clone(),
         a.admin_key_id.clone(),
         a.app_key_id.clone(),
     ];
-    (a, canaries)
+    (a, canaries, alias)
 }
 
-fn fill(path: &str, a: &TestTenant) -> String {
-    path.replace("{a_tenant}", &a.id)
+fn fill(text: &str, a: &TestTenant, alias: &str) -> String {
+    text.replace("{a_tenant}", &a.id)
         .replace("{a_admin_key}", &a.admin_key_id)
         .replace("{a_app_key}", &a.app_key_id)
+        .replace("{a_alias}", alias)
 }
 
 async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
     let server = TestServer::start(backend).await;
-    let (a, canaries) = plant(&server).await;
+    let (a, canaries, alias) = plant(&server).await;
     let b = server.tenant("tenant-b", json!({"note": "b"})).await;
 
     for p in probes() {
-        let path = fill(p.path, &a);
+        let path = fill(p.path, &a, &alias);
+        let body: Option<Value> =
+            p.body.as_ref().map(|v| serde_json::from_str(&fill(&v.to_string(), &a, &alias)).unwrap());
         for (who, key) in [("b admin", &b.admin_key), ("b app", &b.app_key)] {
-            let res = server.call(p.method.clone(), &path, Some(key), p.body.clone()).await;
-            for c in &canaries {
+            let res = server.call(p.method.clone(), &path, Some(key), body.clone()).await;
+            // What B itself sent (say, a guessed name echoed in an error) is not a leak.
+            let sent = format!("{path} {}", body.as_ref().map(Value::to_string).unwrap_or_default());
+            for c in canaries.iter().filter(|c| !sent.contains(c.as_str())) {
                 assert!(
                     !res.text.contains(c.as_str()),
                     "{who} {} {path}: response leaks A's {c:?}: {}",
@@ -152,6 +188,7 @@ async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
                 }
                 (Expect::NotFound, "b admin") => res.expect_error(404, "not_found"),
                 (Expect::Forbidden, _) => res.expect_error(403, "forbidden"),
+                (Expect::Refused, _) => assert!(res.status.is_client_error(), "{who} {path}: {}", res.text),
                 // An app key may be refused admin routes, but never sees A.
                 (_, _) => assert!(
                     res.status.is_success() || [403, 404].contains(&status),
@@ -161,7 +198,7 @@ async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
             }
             // Naming A in X-Tenant-ID with a tenant key is refused outright.
             let res = server
-                .call_with(p.method.clone(), &path, Some(key), p.body.clone(), &[("x-tenant-id", &a.id)])
+                .call_with(p.method.clone(), &path, Some(key), body.clone(), &[("x-tenant-id", &a.id)])
                 .await;
             res.expect_error(403, "forbidden");
         }
@@ -176,7 +213,10 @@ async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
         budget["monthly_limit_usd"].is_null() && budget["alerts"].as_array().unwrap().is_empty(),
         "{budget}"
     );
-    assert_eq!(budget["spent_month_usd"], "0.00");
+    // B's spend is only its own probe's call to the scripted model.
+    let usage = server.get("/v1/usage?group_by=model", &b.admin_key).await;
+    let rows = usage.expect(200)["data"].as_array().unwrap().clone();
+    assert!(rows.iter().all(|r| r["model"] == "builtin/scripted"), "{rows:?}");
 
     // A is untouched: its keys still work and are not revoked.
     let keys = server.get("/v1/keys", &a.admin_key).await;
@@ -185,12 +225,14 @@ async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
     assert!(keys.iter().all(|k| k["revoked_at"].is_null()), "{keys:?}");
     let own = server.get("/v1/tenant", &a.app_key).await;
     assert_eq!(own.expect(200)["name"], a.name.as_str());
+    let still = server.get("/v1/provider-keys", &a.admin_key).await;
+    assert_eq!(still.expect(200)["data"].as_array().unwrap().len(), 1, "B could not delete A's provider key");
 }
 both_backends!(tenant_b_sees_nothing_of_a);
 
 async fn operator_acting_for_a_tenant_sees_only_that_tenant(backend: &'static str) {
     let server = TestServer::start(backend).await;
-    let (a, canaries) = plant(&server).await;
+    let (a, canaries, _) = plant(&server).await;
     let b = server.tenant("tenant-b", json!({})).await;
     let op = server.operator_key.as_str();
     let res = server.call_with(Method::GET, "/v1/keys", Some(op), None, &[("x-tenant-id", &b.id)]).await;
@@ -202,15 +244,11 @@ async fn operator_acting_for_a_tenant_sees_only_that_tenant(backend: &'static st
     // The operator must name a tenant, and it must exist.
     server.get("/v1/keys", op).await.expect_error(403, "forbidden");
     let ghost = uuid::Uuid::now_v7().to_string();
-    server
-        .call_with(Method::GET, "/v1/keys", Some(op), None, &[("x-tenant-id", &ghost)])
-        .await
-        .expect_error(404, "not_found");
-    server
-        .call_with(Method::GET, "/v1/keys", Some(op), None, &[("x-tenant-id", "nope")])
-        .await
-        .expect_error(400, "invalid_request");
-    // Acting for A works and shows A's keys.
+    let res = server.call_with(Method::GET, "/v1/keys", Some(op), None, &[("x-tenant-id", &ghost)]).await;
+    res.expect_error(404, "not_found");
+    let res = server.call_with(Method::GET, "/v1/keys", Some(op), None, &[("x-tenant-id", "nope")]).await;
+    res.expect_error(400, "invalid_request");
+    // Acting for A works and shows A's data.
     let res = server.call_with(Method::GET, "/v1/tenant", Some(op), None, &[("x-tenant-id", &a.id)]).await;
     assert_eq!(res.expect(200)["id"], a.id.as_str());
 }

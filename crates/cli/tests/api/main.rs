@@ -8,5 +8,6 @@ mod auth;
 mod bad_input;
 mod binary;
 mod cross_tenant;
+mod gateway;
 mod tenants;
 mod usage;

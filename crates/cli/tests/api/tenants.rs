@@ -134,6 +134,12 @@ async fn health_readiness_and_openapi() {
         ("/v1/tenants/{tenant_id}/limits", &["get", "put"]),
         ("/v1/limits", &["get"]),
         ("/v1/tenants/{tenant_id}/pricing", &["get", "put"]),
+        ("/v1/model-config", &["get", "put"]),
+        ("/v1/tenants/{tenant_id}/models", &["get", "put"]),
+        ("/v1/provider-keys", &["get"]),
+        ("/v1/provider-keys/{provider}", &["put", "delete"]),
+        ("/v1/chat/completions", &["post"]),
+        ("/v1/models", &["get"]),
     ] {
         for m in methods {
             assert!(
@@ -142,7 +148,7 @@ async fn health_readiness_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 21, "a route was added: list it above");
+    assert_eq!(paths.len(), 27, "a route was added: list it above");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     // Every response carries a request id.

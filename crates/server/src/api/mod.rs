@@ -15,6 +15,8 @@ use crate::error::{ApiError, ApiResult};
 pub mod billing;
 pub mod health;
 pub mod keys;
+pub mod model_config;
+pub mod openai;
 pub mod tenants;
 pub mod usage;
 
@@ -35,6 +37,7 @@ pub mod usage;
         (name = "operator", description = "Operator keys"),
         (name = "tenant", description = "A tenant's view of itself, its keys, budget and limits"),
         (name = "usage", description = "Usage, cost, export and ingestion"),
+        (name = "openai", description = "OpenAI-compatible endpoints for tenant apps"),
     )
 )]
 pub struct ApiDoc;
@@ -58,6 +61,8 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(keys::routes())
         .merge(usage::routes())
         .merge(billing::routes())
+        .merge(model_config::routes())
+        .merge(openai::routes())
 }
 
 pub async fn not_found() -> ApiError {

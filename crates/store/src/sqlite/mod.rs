@@ -23,6 +23,7 @@ use crate::error::classify;
 use crate::model::{ApiKey, NewTenant, Tenant, TenantPatch, validate_key_name};
 use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
+mod secrets;
 mod usage;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -42,6 +42,8 @@ enum Command {
     Key(admin::KeyCmd),
     /// Usage and cost, as a table.
     Usage(admin::UsageArgs),
+    /// Run agent workers only (no HTTP API), on the configured store.
+    Worker,
 }
 
 impl Cli {
@@ -83,7 +85,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), &cli.flags()).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Admin commands print results on stdout; keep their logs to warnings.
-    init_logging(&config, if matches!(cli.command, Command::Serve(_)) { "" } else { "warn" });
+    init_logging(
+        &config,
+        if matches!(cli.command, Command::Serve(_) | Command::Worker) { "" } else { "warn" },
+    );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
@@ -96,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             Command::Tenant(cmd) => admin::tenant(&config, cmd).await,
             Command::Key(cmd) => admin::key(&config, cmd).await,
             Command::Usage(args) => admin::usage(&config, args).await,
+            Command::Worker => serve::worker(config).await,
         }
     })
 }

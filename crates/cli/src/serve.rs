@@ -53,3 +53,18 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
     shutdown.cancel();
 }
+
+/// `bulkhead worker`: the run workers alone, until SIGTERM. Several worker
+/// processes (and `serve` processes) can share one store.
+pub async fn worker(config: Config) -> anyhow::Result<()> {
+    let store = bulkhead_store::open(&config.store).await.context("opening the store")?;
+    let services = bulkhead_server::bootstrap::services(&config, store)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting services: {e}"))?;
+    println!("worker running with {} slots", config.agents.workers);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    services.scheduler.run(shutdown).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

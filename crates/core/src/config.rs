@@ -23,6 +23,27 @@ pub struct Config {
     pub metering: MeteringConfig,
     pub limits: LimitsConfig,
     pub models: ModelsConfig,
+    pub agents: AgentsConfig,
+}
+
+/// Workers and the run queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// Runs this process executes at once (`serve` and `worker`).
+    pub workers: usize,
+    /// Runs a tenant may have waiting; more get 429 `queue_full`.
+    pub max_queued_runs: i64,
+    /// How long a worker's claim on a run lasts without renewal.
+    pub lease_secs: u64,
+    /// Claims before a run whose workers keep vanishing is failed.
+    pub max_attempts: i32,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self { workers: 16, max_queued_runs: 1_000, lease_secs: 30, max_attempts: 3 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -332,6 +353,17 @@ impl Config {
                     "models.providers.{name}.base_url must be an http(s) URL"
                 )));
             }
+        }
+        let a = &self.agents;
+        if a.workers == 0
+            || a.workers > 10_000
+            || a.max_queued_runs < 1
+            || a.lease_secs < 2
+            || a.max_attempts < 1
+        {
+            return Err(Error::invalid(
+                "agents: workers 1-10000, max_queued_runs ≥ 1, lease_secs ≥ 2, max_attempts ≥ 1",
+            ));
         }
         if self.store.max_connections == 0 {
             return Err(Error::invalid("store.max_connections must be at least 1"));

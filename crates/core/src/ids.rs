@@ -64,3 +64,19 @@ id_type!(
     /// Identifies an API key (operator or tenant).
     KeyId
 );
+id_type!(
+    /// Identifies an agent.
+    AgentId
+);
+id_type!(
+    /// Identifies a conversation thread.
+    ThreadId
+);
+id_type!(
+    /// Identifies a message in a thread.
+    MessageId
+);
+id_type!(
+    /// Identifies a run of an agent on a thread.
+    RunId
+);

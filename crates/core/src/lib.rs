@@ -15,6 +15,6 @@ pub mod page;
 pub mod tenancy;
 
 pub use error::{Code, Error, Result};
-pub use ids::{KeyId, TenantId};
+pub use ids::{AgentId, KeyId, MessageId, RunId, TenantId, ThreadId};
 pub use money::Money;
 pub use tenancy::{Actor, OperatorCtx, TenantBound, TenantCtx, Tier};

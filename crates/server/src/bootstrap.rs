@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bulkhead_agents::{EventHub, Runner, Scheduler, SchedulerConfig, ToolRegistry};
 use bulkhead_core::config::Config;
 use bulkhead_core::keys::{self, KeyKind};
 use bulkhead_core::{Error, OperatorCtx};
@@ -96,13 +97,15 @@ pub fn master_key(config: &Config) -> Result<MasterKey, Error> {
     MasterKey::load_or_create(&config.store.data_dir.join("master.key"))
 }
 
-/// Everything the HTTP layer (and later the workers) use.
+/// Everything the HTTP layer and the workers use.
 #[derive(Clone)]
 pub struct Services {
     pub store: DynStore,
     pub metering: Metering,
     pub models: Arc<ModelRouter>,
     pub vault: Vault,
+    pub scheduler: Scheduler,
+    pub max_queued_runs: i64,
 }
 
 pub async fn services(config: &Config, store: DynStore) -> Result<Services, Error> {
@@ -110,5 +113,22 @@ pub async fn services(config: &Config, store: DynStore) -> Result<Services, Erro
     let vault = Vault::new(store.clone(), master_key(config)?);
     let models =
         Arc::new(ModelRouter::new(metering.pricing().catalog.clone(), config.models.clone(), vault.clone()));
-    Ok(Services { store, metering, models, vault })
+    let runner = Runner {
+        store: store.clone(),
+        metering: metering.clone(),
+        models: models.clone(),
+        tools: ToolRegistry::builtin(),
+        events: Arc::new(EventHub::default()),
+    };
+    let a = &config.agents;
+    let scheduler = Scheduler::new(
+        runner,
+        SchedulerConfig {
+            slots: a.workers,
+            lease: std::time::Duration::from_secs(a.lease_secs),
+            max_attempts: a.max_attempts,
+            ..SchedulerConfig::default()
+        },
+    );
+    Ok(Services { store, metering, models, vault, scheduler, max_queued_runs: a.max_queued_runs })
 }

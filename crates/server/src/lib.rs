@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
+use bulkhead_agents::Scheduler;
 use bulkhead_core::config::ServerConfig;
 use bulkhead_metering::Metering;
 use bulkhead_models::routing::ModelRouter;
@@ -40,13 +41,15 @@ pub struct AppState {
     pub metering: Metering,
     pub models: Arc<ModelRouter>,
     pub vault: Vault,
+    pub scheduler: Scheduler,
+    pub max_queued_runs: i64,
     pub config: Arc<ServerConfig>,
 }
 
 impl AppState {
     pub fn new(services: bootstrap::Services, config: ServerConfig) -> Self {
-        let bootstrap::Services { store, metering, models, vault } = services;
-        Self { store, metering, models, vault, config: Arc::new(config) }
+        let bootstrap::Services { store, metering, models, vault, scheduler, max_queued_runs } = services;
+        Self { store, metering, models, vault, scheduler, max_queued_runs, config: Arc::new(config) }
     }
 }
 
@@ -110,6 +113,7 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    tokio::spawn(state.scheduler.clone().run(shutdown.clone()));
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let app = app(state);
     let signal = shutdown.clone();

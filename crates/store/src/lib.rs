@@ -18,6 +18,7 @@ use bulkhead_core::page::{Page, PageReq};
 use bulkhead_core::{KeyId, Money, OperatorCtx, TenantCtx, TenantId};
 use time::OffsetDateTime;
 
+pub mod agents;
 mod error;
 pub mod model;
 pub mod postgres;
@@ -26,6 +27,10 @@ pub mod sqlite;
 pub mod testing;
 pub mod usage;
 
+pub use agents::{
+    Agent, AgentPatch, AgentStore, AgentVersion, Recovered, Run, RunStatus, RunStep, StoredMessage,
+    TenantQueue, Thread,
+};
 pub use error::StoreError;
 pub use model::{ApiKey, NewTenant, Tenant, TenantPatch};
 pub use usage::{
@@ -186,7 +191,9 @@ pub trait SecretStore: Send + Sync {
 
 /// Everything a server needs from its store.
 #[async_trait]
-pub trait Store: TenantStore + KeyStore + UsageStore + BudgetStore + SettingsStore + SecretStore {
+pub trait Store:
+    TenantStore + KeyStore + UsageStore + BudgetStore + SettingsStore + SecretStore + AgentStore
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Cheap liveness check for `/readyz`.

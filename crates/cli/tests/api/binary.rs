@@ -400,3 +400,95 @@ async fn two_servers_sharing_redis_enforce_one_limit() {
     assert!(terminate(one).success());
     assert!(terminate(two).success());
 }
+
+/// A slow upstream in OpenAI's wire format, for runs that take a while.
+async fn slow_upstream(delay: Duration) -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || async move {
+            tokio::time::sleep(delay).await;
+            axum::Json(serde_json::json!({
+                "id": "up", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "finally"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+/// A run whose worker process is killed mid-run is recovered when its lease
+/// lapses and finished by another process — not left running forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_the_death_of_its_worker() {
+    let upstream = slow_upstream(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let op = fixed_operator_key();
+    let envs = [
+        ("BULKHEAD_OPERATOR_KEY", op.as_str()),
+        ("BULKHEAD_AGENTS__LEASE_SECS", "2"),
+        ("BULKHEAD_MODELS__PROVIDERS__OPENAI__BASE_URL", upstream.as_str()),
+        ("BULKHEAD_MODELS__PROVIDERS__OPENAI__MAX_RETRIES", "0"),
+    ];
+    let mut first = serve(&["--data-dir", data], &envs);
+    let (_, key) = served_tenant(&first.base, &op, "resilient").await;
+    let http = reqwest::Client::new();
+    let post = |url: String, body: serde_json::Value| http.post(url).bearer_auth(&key).json(&body).send();
+    let agent: serde_json::Value = post(
+        format!("{}/v1/agents", first.base),
+        serde_json::json!({"name": "a", "spec": {"model": "gpt-4o-mini"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let thread: serde_json::Value = post(format!("{}/v1/threads", first.base), serde_json::json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run: serde_json::Value = post(
+        format!("{}/v1/threads/{}/runs", first.base, thread["id"].as_str().unwrap()),
+        serde_json::json!({"agent_id": agent["id"], "message": "hello"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let run_url = |base: &str| format!("{base}/v1/runs/{}", run["id"].as_str().unwrap());
+    let status = |v: &serde_json::Value| v["status"].as_str().unwrap_or("").to_owned();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let r: serde_json::Value =
+            http.get(run_url(&first.base)).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        seen = status(&r);
+        if seen == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, "running");
+    first.child.kill().unwrap(); // kill -9 mid-run
+    first.child.wait().unwrap();
+
+    let second = serve(&["--data-dir", data], &envs);
+    let mut last = serde_json::Value::Null;
+    for _ in 0..300 {
+        last = http.get(run_url(&second.base)).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        if status(&last) == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&last), "completed", "{last}");
+    assert_eq!(last["attempts"], 2, "claimed once by the dead worker, once by the new one");
+    assert_eq!(last["output"]["content"], "finally");
+    assert!(terminate(second).success());
+}

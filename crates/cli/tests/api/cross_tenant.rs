@@ -83,15 +83,41 @@ fn probes() -> Vec<Probe> {
         probe(Method::DELETE, "/v1/provider-keys/openai", NotFound),
         probe(Method::GET, "/v1/tenants/{a_tenant}/models", Forbidden),
         with_body(Method::PUT, "/v1/tenants/{a_tenant}/models", json!({"allowed": null}), Forbidden),
+        // Agents, threads, runs.
+        probe(Method::GET, "/v1/agents", Own),
+        probe(Method::GET, "/v1/agents/{a_agent}", NotFound),
+        probe(Method::GET, "/v1/agents/{a_agent}/versions", NotFound),
+        with_body(Method::PATCH, "/v1/agents/{a_agent}", json!({"description": "mine now"}), NotFound),
+        probe(Method::DELETE, "/v1/agents/{a_agent}", NotFound),
+        probe(Method::GET, "/v1/threads", Own),
+        probe(Method::GET, "/v1/threads/{a_thread}", NotFound),
+        probe(Method::GET, "/v1/threads/{a_thread}/messages", NotFound),
+        with_body(Method::POST, "/v1/threads/{a_thread}/messages", json!({"content": "hi"}), NotFound),
+        probe(Method::GET, "/v1/threads/{a_thread}/runs", NotFound),
+        with_body(Method::POST, "/v1/threads/{a_thread}/runs", json!({"agent_id": "{a_agent}"}), NotFound),
+        probe(Method::DELETE, "/v1/threads/{a_thread}", NotFound),
+        probe(Method::GET, "/v1/runs/{a_run}", NotFound),
+        probe(Method::GET, "/v1/runs/{a_run}/steps", NotFound),
+        probe(Method::GET, "/v1/runs/{a_run}/events", NotFound),
+        with_body(Method::POST, "/v1/runs/{a_run}/cancel", json!({}), NotFound),
         // A's alias means nothing to B.
         with_body(Method::POST, "/v1/chat/completions", say("{a_alias}"), Refused),
         with_body(Method::POST, "/v1/chat/completions", say("builtin/scripted"), Own),
     ]
 }
 
-/// Puts a canary into every piece of A's data that exists. Returns A, the
-/// canaries, and A's model alias.
-async fn plant(server: &TestServer) -> (TestTenant, Vec<String>, String) {
+/// A's ids that probes aim at.
+struct Victim {
+    tenant: TestTenant,
+    alias: String,
+    agent: String,
+    thread: String,
+    run: String,
+}
+
+/// Puts a canary into every piece of A's data that exists. Returns A's ids
+/// and the canaries.
+async fn plant(server: &TestServer) -> (Victim, Vec<String>) {
     let op = server.operator_key.clone();
     let tenant_canary = canary("tenant-metadata");
     let name = format!("a-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
@@ -135,6 +161,31 @@ async fn plant(server: &TestServer) -> (TestTenant, Vec<String>, String) {
     let answer = server.post("/v1/chat/completions", &a.app_key, chat).await;
     assert!(answer.expect(200)["choices"][0]["message"]["content"].as_str().unwrap().contains(&prompt));
 
+    // An agent, a thread with messages, a finished run with steps.
+    let agent_canary = canary("agent");
+    let spec = json!({"system_prompt": format!("Secret: {agent_canary}"), "model": "builtin/scripted"});
+    let created = server
+        .post(
+            "/v1/agents",
+            &a.admin_key,
+            json!({"name": "a-agent", "description": agent_canary, "spec": spec}),
+        )
+        .await;
+    let agent_id = created.expect(201)["id"].as_str().unwrap().to_owned();
+    let thread = server.post("/v1/threads", &a.app_key, json!({"metadata": {"note": agent_canary}})).await;
+    let thread_id = thread.expect(201)["id"].as_str().unwrap().to_owned();
+    let message_canary = canary("message");
+    let run = server
+        .post(
+            &format!("/v1/threads/{thread_id}/runs"),
+            &a.app_key,
+            json!({"agent_id": agent_id, "mode": "sync", "message": message_canary}),
+        )
+        .await;
+    let run = run.expect(200).clone();
+    assert_eq!(run["status"], "completed", "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+
     // Everything that identifies A is as secret from B as its content.
     let canaries = vec![
         tenant_canary,
@@ -149,26 +200,35 @@ async fn plant(server: &TestServer) -> (TestTenant, Vec<String>, String) {
         a.name.clone(),
         a.admin_key_id.clone(),
         a.app_key_id.clone(),
+        agent_canary,
+        message_canary,
+        agent_id.clone(),
+        thread_id.clone(),
+        run_id.clone(),
     ];
-    (a, canaries, alias)
+    (Victim { tenant: a, alias, agent: agent_id, thread: thread_id, run: run_id }, canaries)
 }
 
-fn fill(text: &str, a: &TestTenant, alias: &str) -> String {
-    text.replace("{a_tenant}", &a.id)
-        .replace("{a_admin_key}", &a.admin_key_id)
-        .replace("{a_app_key}", &a.app_key_id)
-        .replace("{a_alias}", alias)
+fn fill(text: &str, v: &Victim) -> String {
+    text.replace("{a_tenant}", &v.tenant.id)
+        .replace("{a_admin_key}", &v.tenant.admin_key_id)
+        .replace("{a_app_key}", &v.tenant.app_key_id)
+        .replace("{a_alias}", &v.alias)
+        .replace("{a_agent}", &v.agent)
+        .replace("{a_thread}", &v.thread)
+        .replace("{a_run}", &v.run)
 }
 
 async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
     let server = TestServer::start(backend).await;
-    let (a, canaries, alias) = plant(&server).await;
+    let (victim, canaries) = plant(&server).await;
+    let a = &victim.tenant;
     let b = server.tenant("tenant-b", json!({"note": "b"})).await;
 
     for p in probes() {
-        let path = fill(p.path, &a, &alias);
+        let path = fill(p.path, &victim);
         let body: Option<Value> =
-            p.body.as_ref().map(|v| serde_json::from_str(&fill(&v.to_string(), &a, &alias)).unwrap());
+            p.body.as_ref().map(|v| serde_json::from_str(&fill(&v.to_string(), &victim)).unwrap());
         for (who, key) in [("b admin", &b.admin_key), ("b app", &b.app_key)] {
             let res = server.call(p.method.clone(), &path, Some(key), body.clone()).await;
             // What B itself sent (say, a guessed name echoed in an error) is not a leak.
@@ -232,7 +292,8 @@ both_backends!(tenant_b_sees_nothing_of_a);
 
 async fn operator_acting_for_a_tenant_sees_only_that_tenant(backend: &'static str) {
     let server = TestServer::start(backend).await;
-    let (a, canaries, _) = plant(&server).await;
+    let (victim, canaries) = plant(&server).await;
+    let a = &victim.tenant;
     let b = server.tenant("tenant-b", json!({})).await;
     let op = server.operator_key.as_str();
     let res = server.call_with(Method::GET, "/v1/keys", Some(op), None, &[("x-tenant-id", &b.id)]).await;

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod agents;
 mod auth;
 mod bad_input;
 mod binary;

@@ -140,6 +140,18 @@ async fn health_readiness_and_openapi() {
         ("/v1/provider-keys/{provider}", &["put", "delete"]),
         ("/v1/chat/completions", &["post"]),
         ("/v1/models", &["get"]),
+        ("/metrics", &["get"]),
+        ("/v1/agents", &["get", "post"]),
+        ("/v1/agents/{agent_id}", &["get", "patch", "delete"]),
+        ("/v1/agents/{agent_id}/versions", &["get"]),
+        ("/v1/threads", &["get", "post"]),
+        ("/v1/threads/{thread_id}", &["get", "delete"]),
+        ("/v1/threads/{thread_id}/messages", &["get", "post"]),
+        ("/v1/threads/{thread_id}/runs", &["get", "post"]),
+        ("/v1/runs/{run_id}", &["get"]),
+        ("/v1/runs/{run_id}/steps", &["get"]),
+        ("/v1/runs/{run_id}/cancel", &["post"]),
+        ("/v1/runs/{run_id}/events", &["get"]),
     ] {
         for m in methods {
             assert!(
@@ -148,7 +160,7 @@ async fn health_readiness_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 27, "a route was added: list it above");
+    assert_eq!(paths.len(), 39, "a route was added: list it above");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     // Every response carries a request id.

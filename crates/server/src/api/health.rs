@@ -20,7 +20,21 @@ pub struct Health {
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+}
+
+/// Prometheus metrics: queued and active runs per tenant (from the store,
+/// so every process reports the whole queue), run durations and model
+/// tokens per tenant (this process). Tenant labels are capped at 1,000.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
+async fn metrics(
+    State(state): State<AppState>,
+) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], String)> {
+    let queue = state.store.queue_overview(&bulkhead_core::OperatorCtx::local_cli()).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        bulkhead_agents::metrics::render(&queue),
+    ))
 }
 
 /// The process is up.

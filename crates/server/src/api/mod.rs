@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 
+pub mod agents;
 pub mod billing;
 pub mod health;
 pub mod keys;
@@ -38,6 +39,9 @@ pub mod usage;
         (name = "tenant", description = "A tenant's view of itself, its keys, budget and limits"),
         (name = "usage", description = "Usage, cost, export and ingestion"),
         (name = "openai", description = "OpenAI-compatible endpoints for tenant apps"),
+        (name = "agents", description = "Agent definitions (versioned)"),
+        (name = "threads", description = "Conversation threads and messages"),
+        (name = "runs", description = "Agent runs: queued, executed, streamed"),
     )
 )]
 pub struct ApiDoc;
@@ -63,6 +67,7 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(billing::routes())
         .merge(model_config::routes())
         .merge(openai::routes())
+        .merge(agents::routes())
 }
 
 pub async fn not_found() -> ApiError {

@@ -369,6 +369,12 @@ impl Meter {
                 "latency_ms": self.started.elapsed().as_millis() as u64,
             }),
         };
+        bulkhead_agents::metrics::tokens(
+            &self.ctx,
+            &self.route_model,
+            usage.input_tokens,
+            usage.output_tokens,
+        );
         if let Err(e) = self.state.metering.settle(&self.ctx, admitted, event).await {
             tracing::error!(error = %e.message, "settling a model call failed; its reservation will expire");
         }

@@ -22,6 +22,7 @@ use crate::model::{ApiKey, NewTenant, Tenant, TenantPatch, validate_key_name};
 use crate::sqlite::now;
 use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
+mod agents;
 mod secrets;
 mod usage;
 

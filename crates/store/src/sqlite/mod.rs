@@ -23,6 +23,7 @@ use crate::error::classify;
 use crate::model::{ApiKey, NewTenant, Tenant, TenantPatch, validate_key_name};
 use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
+mod agents;
 mod secrets;
 mod usage;
 
@@ -30,7 +31,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The one writer connection: SQLite admits one writer at a time, and
+    /// queueing writers here (in order, without sleeping) beats letting them
+    /// contend for the file lock, whose busy handler sleeps and retries.
     pool: SqlitePool,
+    /// Readers: WAL lets them run beside the writer.
+    read: SqlitePool,
 }
 
 fn ts(at: OffsetDateTime) -> String {
@@ -107,15 +113,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let read =
+            SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(options).await?;
+        Ok(Self { pool, read })
     }
 
     async fn fetch_tenant(&self, id: TenantId) -> Result<Tenant> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?")))
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
         tenant_from_row(&row)
@@ -327,7 +335,7 @@ impl KeyStore for SqliteStore {
              FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.prefix = ?",
         )
         .bind(prefix)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(StoredKey {

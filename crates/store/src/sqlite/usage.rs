@@ -203,7 +203,7 @@ impl UsageStore for SqliteStore {
                 Param::Uuid(v) => q.bind(v.hyphenated().to_string()),
             };
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&self.read).await?;
         rows.iter()
             .map(|row| {
                 let has = |c: GroupBy| query.group_by.contains(&c);
@@ -259,7 +259,7 @@ impl UsageStore for SqliteStore {
         .bind(uuid_text(query.agent_id))
         .bind(uuid_text(query.run_id))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -268,7 +268,7 @@ impl UsageStore for SqliteStore {
 #[async_trait]
 impl BudgetStore for SqliteStore {
     async fn get_budget(&self, ctx: &TenantCtx) -> Result<Option<Budget>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read.begin().await?;
         let b = load_budget(&mut tx, ctx.tenant_id()).await?;
         tx.commit().await?;
         Ok(b)
@@ -311,6 +311,11 @@ impl BudgetStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Reserve> {
         let tenant = ctx.tenant_id();
+        // Most tenants have no budget: answer them from a reader, without
+        // taking the write lock.
+        if self.get_budget(ctx).await?.is_none() {
+            return Ok(Reserve::Unlimited);
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let expired = sqlx::query("DELETE FROM budget_reservations WHERE tenant_id = ? AND expires_at <= ?")
             .bind(tenant.to_string())
@@ -355,7 +360,7 @@ impl BudgetStore for SqliteStore {
 
     async fn budget_status(&self, ctx: &TenantCtx, now: OffsetDateTime) -> Result<BudgetStatus> {
         let tenant = ctx.tenant_id();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read.begin().await?;
         let budget = load_budget(&mut tx, tenant).await?;
         let (spent_month, spent_day, reserved) = standing(&mut tx, tenant, now).await?;
         let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
@@ -385,7 +390,7 @@ impl SettingsStore for SqliteStore {
         let row: Option<(String, String, String)> =
             sqlx::query_as("SELECT limits, pricing, models FROM tenant_settings WHERE tenant_id = ?")
                 .bind(ctx.tenant_id().to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?;
         let parse = |s: &str| serde_json::from_str(s).unwrap_or_else(|_| serde_json::json!({}));
         Ok(row

@@ -3,11 +3,13 @@
 //! The queue lives in the store, so queued runs survive a restart and
 //! several processes can work it (each claim goes to one worker). Each
 //! process runs one scheduler with `slots` concurrent runs. When a slot is
-//! free it takes the next tenant in **round robin** among the tenants with
-//! queued runs — deficit round robin with equal quanta — and claims that
-//! tenant's oldest run, so a tenant that floods the queue gets one turn per
-//! round like everyone else instead of the whole worker pool. A tenant at its
-//! concurrent-runs limit (a lease in the shared limiter) is skipped.
+//! free it takes the next tenant in **weighted round robin** among the
+//! tenants with queued runs — each tenant gets as many turns per round as its
+//! tier's weight (shared 1, isolated 2, dedicated 4) — and claims that
+//! tenant's oldest run, so a tenant that floods the queue gets its share of
+//! turns per round like everyone else instead of the whole worker pool. A
+//! tenant at its concurrent-runs limit (a lease in the shared limiter) is
+//! skipped.
 //!
 //! A claimed run holds a lease that its worker renews; the renewal also
 //! carries cancel requests. A run whose worker died is requeued by
@@ -67,12 +69,30 @@ pub struct Scheduler {
     /// here takes effect at once (other processes learn it at their next
     /// lease renewal).
     cancels: Arc<std::sync::Mutex<HashMap<RunId, Arc<AtomicBool>>>>,
+    /// Scheduling weight per tenant (from its tier), cached for a while.
+    weights: Arc<std::sync::Mutex<HashMap<TenantId, (Instant, usize)>>>,
+}
+
+/// Turns per round, by isolation tier.
+pub fn tier_weight(tier: bulkhead_core::Tier) -> usize {
+    match tier {
+        bulkhead_core::Tier::Shared => 1,
+        bulkhead_core::Tier::Isolated => 2,
+        bulkhead_core::Tier::Dedicated => 4,
+    }
 }
 
 impl Scheduler {
     pub fn new(runner: Runner, config: SchedulerConfig) -> Self {
         let slots = Arc::new(Semaphore::new(config.slots.max(1)));
-        Self { runner, config, wake: Arc::new(Notify::new()), slots, cancels: Arc::default() }
+        Self {
+            runner,
+            config,
+            wake: Arc::new(Notify::new()),
+            slots,
+            cancels: Arc::default(),
+            weights: Arc::default(),
+        }
     }
 
     /// Tells a run executing in this process to stop (after the store
@@ -139,8 +159,18 @@ impl Scheduler {
             return Ok(());
         }
         tenants.sort();
+        // Weighted round robin: each tenant appears in the ring as many
+        // times in a row as its weight.
+        let mut ring = Vec::with_capacity(tenants.len());
+        for t in &tenants {
+            let w = self.weight(op, *t).await;
+            ring.extend(std::iter::repeat_n(*t, w));
+        }
+        let tenants = ring;
+        let mut distinct = tenants.clone();
+        distinct.dedup();
         let mut exhausted: HashMap<TenantId, bool> = HashMap::new();
-        while exhausted.len() < tenants.len() {
+        while exhausted.len() < distinct.len() {
             let Ok(slot) = self.slots.clone().try_acquire_owned() else { return Ok(()) };
             // The next tenant in the ring that may still have work.
             let mut picked = None;
@@ -186,6 +216,20 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    async fn weight(&self, op: &OperatorCtx, tenant: TenantId) -> usize {
+        if let Some((at, w)) = self.weights.lock().expect("weights").get(&tenant)
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return *w;
+        }
+        let w = match self.runner.store.get_tenant(op, tenant).await {
+            Ok(t) => tier_weight(t.tier),
+            Err(_) => 1,
+        };
+        self.weights.lock().expect("weights").insert(tenant, (Instant::now(), w));
+        w
     }
 
     /// A slot of the tenant's concurrent-runs limit: `Ok(None)` when all are

@@ -36,6 +36,8 @@ pub enum Code {
     UnsupportedMediaType,
     /// A rate or concurrency limit was hit; retry later.
     RateLimited,
+    /// The tenant has as many runs waiting as it may; retry when some finish.
+    QueueFull,
     /// The tenant's budget does not cover this request.
     BudgetExceeded,
     /// The method is not allowed on this path.
@@ -61,6 +63,7 @@ impl Code {
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
         Code::RateLimited,
+        Code::QueueFull,
         Code::BudgetExceeded,
         Code::MethodNotAllowed,
         Code::Unavailable,
@@ -78,7 +81,7 @@ impl Code {
             Code::PayloadTooLarge => 413,
             Code::UnsupportedMediaType => 415,
             Code::InvalidRequest | Code::MalformedJson | Code::UnknownModel => 400,
-            Code::RateLimited => 429,
+            Code::RateLimited | Code::QueueFull => 429,
             Code::BudgetExceeded => 402,
             Code::Internal => 500,
             Code::Unavailable => 503,
@@ -99,6 +102,7 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::RateLimited => "rate_limited",
+            Code::QueueFull => "queue_full",
             Code::BudgetExceeded => "budget_exceeded",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::Unavailable => "unavailable",
@@ -121,6 +125,7 @@ impl Code {
             Code::PayloadTooLarge => "the body exceeds the configured size limit",
             Code::UnsupportedMediaType => "the content type is not accepted here",
             Code::RateLimited => "a rate or concurrency limit was hit",
+            Code::QueueFull => "the tenant has as many runs waiting as it may",
             Code::BudgetExceeded => "the tenant's budget does not cover the request",
             Code::MethodNotAllowed => "the method is not allowed on this path",
             Code::Unavailable => "the service is not ready",

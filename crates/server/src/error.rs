@@ -56,7 +56,7 @@ impl IntoResponse for ApiError {
             tracing::error!(code = %err.code, %cause, "request failed");
         }
         // A rate-limited caller is told when to come back, in whole seconds.
-        let retry_after = (err.code == Code::RateLimited)
+        let retry_after = matches!(err.code, Code::RateLimited | Code::QueueFull)
             .then(|| err.details.as_ref()?.get("retry_after_ms")?.as_u64())
             .flatten()
             .map(|ms| ms.div_ceil(1000).max(1));

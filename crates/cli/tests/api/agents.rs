@@ -436,3 +436,77 @@ async fn metrics_are_prometheus_text_with_the_run_series() {
     }
     assert!(res.text.contains(&format!("tenant=\"{}\"", t.id)));
 }
+
+#[tokio::test]
+async fn memory_strategies_window_and_summarize_the_thread() {
+    let (server, rec) = server_with_upstream("sqlite", Duration::ZERO, 4).await;
+    let t = server.tenant("remembering", json!({})).await;
+    let window = agent(&server, &t, "window", json!({"model": "gpt-4o-mini", "memory": {"strategy": "token_window", "last_n": 50, "max_tokens": 150}})).await;
+    let summary = agent(
+        &server,
+        &t,
+        "summary",
+        json!({"model": "gpt-4o-mini", "memory": {"strategy": "summarize", "last_n": 50, "max_tokens": 150}}),
+    )
+    .await;
+    let last_n = agent(
+        &server,
+        &t,
+        "last-n",
+        json!({"model": "gpt-4o-mini", "memory": {"strategy": "last_n", "last_n": 3}}),
+    )
+    .await;
+    for (ag, expect_summary) in [(&window, false), (&summary, true), (&last_n, false)] {
+        let th = thread(&server, &t).await;
+        for i in 0..10 {
+            let text = format!("message {i} {}", "x".repeat(200));
+            server
+                .post(&format!("/v1/threads/{th}/messages"), &t.app_key, json!({"content": text}))
+                .await
+                .expect(201);
+        }
+        let before = rec.seen.lock().unwrap().len();
+        let done = run(&server, &t, &th, json!({"agent_id": ag, "mode": "sync"})).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let seen = rec.seen.lock().unwrap()[before..].to_vec();
+        let body = &seen.last().unwrap().1;
+        let msgs = body["messages"].as_array().unwrap();
+        let users = msgs.iter().filter(|m| m["role"] == "user").count();
+        assert!(users < 10, "{ag}: the whole thread went into the call ({users} user messages)");
+        assert!(
+            msgs.last().unwrap()["content"].as_str().unwrap().starts_with("message 9"),
+            "the newest message is kept"
+        );
+        let has_summary = msgs
+            .iter()
+            .any(|m| m["content"].as_str().unwrap_or("").starts_with("Summary of the earlier conversation"));
+        assert_eq!(has_summary, expect_summary, "{ag}: {body}");
+        let stored = server.get(&format!("/v1/threads/{th}"), &t.app_key).await;
+        assert_eq!(!stored.body["summary"].is_null(), expect_summary);
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_queue_full() {
+    let (url, _rec) = recorder(Duration::from_millis(800)).await;
+    let mut config = bulkhead_core::config::Config::default();
+    let openai = config.models.providers.get_mut("openai").unwrap();
+    openai.base_url = url;
+    config.agents.workers = 1;
+    config.agents.max_queued_runs = 2;
+    let server = TestServer::start_full("sqlite", config).await;
+    let t = server.tenant("queued", json!({})).await;
+    let a = agent(&server, &t, "a", json!({"model": "gpt-4o-mini"})).await;
+    let th = thread(&server, &t).await;
+    let first = run(&server, &t, &th, json!({"agent_id": a})).await["id"].as_str().unwrap().to_owned();
+    wait_status(&server, &t, &first, |s| s == "running").await;
+    run(&server, &t, &th, json!({"agent_id": a})).await;
+    run(&server, &t, &th, json!({"agent_id": a})).await;
+    let res = server.post(&format!("/v1/threads/{th}/runs"), &t.app_key, json!({"agent_id": a})).await;
+    res.expect_error(429, "queue_full");
+    // Another tenant's queue is its own.
+    let other = server.tenant("not-queued", json!({})).await;
+    let oa = agent(&server, &other, "a", json!({"model": "builtin/scripted"})).await;
+    let oth = thread(&server, &other).await;
+    run(&server, &other, &oth, json!({"agent_id": oa})).await;
+}

@@ -378,8 +378,14 @@ async fn create_run(
         Ok(run) => run,
         Err(bulkhead_store::StoreError::Conflict(c)) if c == "queue_full" => {
             return Err(ApiError(
-                bulkhead_core::Error::new(Code::RateLimited, format!("the tenant has {} runs waiting, its limit; retry when some finish", state.max_queued_runs))
-                    .with_details(json!({"limit": "queue_full", "max_queued": state.max_queued_runs, "retry_after_ms": 1000})),
+                bulkhead_core::Error::new(
+                    Code::QueueFull,
+                    format!(
+                        "the tenant has {} runs waiting, its limit; retry when some finish",
+                        state.max_queued_runs
+                    ),
+                )
+                .with_details(json!({"max_queued": state.max_queued_runs, "retry_after_ms": 1000})),
             ));
         }
         Err(e) => return Err(e.into()),

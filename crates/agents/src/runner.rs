@@ -16,14 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bulkhead_core::{Code, Error, Money, TenantBound, TenantCtx};
-use bulkhead_limits::RateKind;
-use bulkhead_metering::{Admission, Metering, TokenUsage};
+use bulkhead_metering::Metering;
 use bulkhead_models::routing::{ModelRouter, ModelSettings, Route};
 use bulkhead_models::{ChatRequest, ChatResponse, Message, Role, ToolCall, ToolDef};
-use bulkhead_store::{DynStore, Run, RunStatus, StoredMessage, UsageEvent, UsageKind};
+use bulkhead_store::{DynStore, Run, RunStatus, StoredMessage};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
+use crate::calls::CallTags;
 use crate::events::{EventHub, RunEvent};
 use crate::spec::AgentSpec;
 use crate::tools::ToolRegistry;
@@ -347,88 +346,24 @@ impl Runner {
         }
     }
 
-    /// One model call: admitted (tokens rate, worst-case reservation),
-    /// sent (falling back to the next route on provider failure), metered
-    /// with the run and agent ids, and settled.
+    /// One model call of the run, metered with the run's and agent's ids.
     pub async fn model_call(
         &self,
         ctx: &TenantCtx,
         run: &Run,
         routes: &[Route],
-        mut request: ChatRequest,
+        request: ChatRequest,
         event_id: &str,
     ) -> Result<(ChatResponse, Money), Error> {
-        let terms = self.metering.terms(ctx).await?;
-        let prompt: u64 = request.messages.iter().map(|m| estimate_tokens(&m.content)).sum::<u64>()
-            + request.tools.iter().map(|t| estimate_tokens(&t.parameters.to_string())).sum::<u64>();
-        let mut last = None;
-        for (i, route) in routes.iter().enumerate() {
-            let price = self
-                .models
-                .catalog()
-                .get(&route.model)
-                .cloned()
-                .ok_or_else(|| bulkhead_metering::pricing::unknown_model(&route.model))?;
-            let max_out =
-                u64::from(request.max_tokens.unwrap_or(price.max_output).min(price.max_output.max(1)));
-            let worst = self.metering.pricing().worst_case(
-                &terms.pricing,
-                &route.model,
-                prompt as i64,
-                Some(max_out as i64),
-            )?;
-            let admission = Admission {
-                rates: vec![(RateKind::Tokens, prompt + max_out)],
-                concurrency: None,
-                worst_case: worst,
-            };
-            let admitted = self.metering.admit(ctx, admission).await?;
-            request.model = route.provider_model.clone();
-            match route.provider.chat(&request).await {
-                Ok(response) => {
-                    let usage = TokenUsage {
-                        input: response.usage.input_tokens as i64,
-                        output: response.usage.output_tokens as i64,
-                        cached_input: response.usage.cached_input_tokens as i64,
-                    };
-                    let cost = self.metering.pricing().llm_cost(&terms.pricing, &route.model, usage)?;
-                    let event = UsageEvent {
-                        id: if i == 0 { event_id.to_owned() } else { format!("{event_id}-{i}") },
-                        ts: OffsetDateTime::now_utc(),
-                        kind: UsageKind::Llm,
-                        name: route.model.clone(),
-                        input_tokens: usage.input,
-                        output_tokens: usage.output,
-                        cached_input_tokens: usage.cached_input.min(usage.input),
-                        quantity: 0,
-                        unit: None,
-                        cost,
-                        run_id: Some(run.id.as_uuid()),
-                        agent_id: Some(run.agent_id.as_uuid()),
-                        request_id: None,
-                        attributes: json!({"provider": route.provider_name}),
-                    };
-                    self.metering.settle(ctx, admitted, event).await?;
-                    crate::metrics::tokens(
-                        ctx,
-                        &route.model,
-                        response.usage.input_tokens,
-                        response.usage.output_tokens,
-                    );
-                    return Ok((response, cost));
-                }
-                Err(e) => {
-                    self.metering.cancel(ctx, admitted).await?;
-                    let failover = e.is_retryable();
-                    last = Some(e);
-                    if !failover {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last
-            .map(Error::from)
-            .unwrap_or_else(|| Error::new(Code::Unavailable, "no provider could serve the call")))
+        let tags = CallTags {
+            event_id: event_id.to_owned(),
+            run_id: Some(run.id.as_uuid()),
+            agent_id: Some(run.agent_id.as_uuid()),
+            request_id: None,
+            attributes: json!({}),
+        };
+        let (response, cost, _) =
+            crate::calls::complete(&self.metering, &self.models, ctx, routes, request, &tags).await?;
+        Ok((response, cost))
     }
 }

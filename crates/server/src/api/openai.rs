@@ -13,15 +13,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use bulkhead_core::{Code, Error, Money, TenantCtx};
-use bulkhead_limits::RateKind;
-use bulkhead_metering::{Admission, Admitted, TokenUsage};
+use bulkhead_agents::calls::{self, CallTags};
+use bulkhead_core::{Code, Error, TenantCtx};
+use bulkhead_metering::{Admitted, TenantTerms};
 use bulkhead_models::routing::{ModelSettings, Route};
 use bulkhead_models::{
     ChatRequest, ChatResponse, FinishReason, Message, Role, StreamCollector, StreamEvent, ToolCall,
     ToolChoice, ToolDef, Usage,
 };
-use bulkhead_store::{UsageEvent, UsageKind};
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -252,24 +251,6 @@ fn to_internal(body: ChatCompletionRequest) -> Result<(ChatRequest, bool, bool),
     Ok((request, body.stream, include_usage))
 }
 
-/// A rough prompt size for admission: a quarter-token per character plus a
-/// little per message and for tool schemas. The provider's count settles it.
-fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
-    let chars: usize = req
-        .messages
-        .iter()
-        .map(|m| {
-            m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len() + c.name.len()).sum::<usize>()
-        })
-        .sum::<usize>()
-        + req
-            .tools
-            .iter()
-            .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
-            .sum::<usize>();
-    (chars as u64).div_ceil(4) + 4 * req.messages.len() as u64 + 3
-}
-
 fn finish_str(reason: &FinishReason) -> &str {
     match reason {
         FinishReason::Stop => "stop",
@@ -316,77 +297,37 @@ fn completion_json(id: &str, created: i64, model: &str, r: &ChatResponse) -> Val
     })
 }
 
-// ---- metering of one call ----
+// ---- metering of one streamed call ----
 
-/// Everything needed to settle one call, whatever way it ends.
+/// Everything needed to settle a streamed call, whatever way it ends.
 struct Meter {
     state: AppState,
     ctx: TenantCtx,
-    id: String,
-    route_model: String,
-    requested: String,
-    request_id: Option<String>,
+    terms: TenantTerms,
+    tags: CallTags,
+    attempt: usize,
     prompt_estimate: u64,
     started: std::time::Instant,
 }
 
 impl Meter {
-    async fn settle(self, admitted: Admitted, usage: Usage, provider: &str, outcome: &str) {
-        let terms = match self.state.metering.terms(&self.ctx).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e.message, "cannot price a finished call; its reservation will expire");
-                return;
-            }
-        };
-        let tokens = TokenUsage {
-            input: usage.input_tokens as i64,
-            output: usage.output_tokens as i64,
-            cached_input: usage.cached_input_tokens as i64,
-        };
-        let cost = self
-            .state
-            .metering
-            .pricing()
-            .llm_cost(&terms.pricing, &self.route_model, tokens)
-            .unwrap_or(Money::ZERO);
-        let event = UsageEvent {
-            id: self.id.clone(),
-            ts: OffsetDateTime::now_utc(),
-            kind: UsageKind::Llm,
-            name: self.route_model.clone(),
-            input_tokens: tokens.input,
-            output_tokens: tokens.output,
-            cached_input_tokens: tokens.cached_input.min(tokens.input),
-            quantity: 0,
-            unit: None,
-            cost,
-            run_id: None,
-            agent_id: None,
-            request_id: self.request_id.clone(),
-            attributes: json!({
-                "requested_model": self.requested, "provider": provider, "outcome": outcome,
-                "latency_ms": self.started.elapsed().as_millis() as u64,
-            }),
-        };
-        bulkhead_agents::metrics::tokens(
+    async fn settle(mut self, admitted: Admitted, route: &Route, usage: Usage, outcome: &str) {
+        self.tags.attributes["outcome"] = json!(outcome);
+        self.tags.attributes["latency_ms"] = json!(self.started.elapsed().as_millis() as u64);
+        let settled = calls::settle(
+            &self.state.metering,
+            &self.terms,
             &self.ctx,
-            &self.route_model,
-            usage.input_tokens,
-            usage.output_tokens,
-        );
-        if let Err(e) = self.state.metering.settle(&self.ctx, admitted, event).await {
+            admitted,
+            route,
+            &usage,
+            &self.tags,
+            self.attempt,
+        )
+        .await;
+        if let Err(e) = settled {
             tracing::error!(error = %e.message, "settling a model call failed; its reservation will expire");
         }
-    }
-}
-
-fn is_failover(err: &bulkhead_models::ProviderError) -> bool {
-    use bulkhead_models::ProviderError as P;
-    match err {
-        P::Upstream { status, .. } => *status >= 500,
-        P::RateLimited { .. } | P::Timeout | P::Transport(_) | P::InvalidResponse(_) => true,
-        _ => false,
     }
 }
 
@@ -411,88 +352,59 @@ async fn chat_completions(
     let terms = state.metering.terms(&ctx).await?;
     let settings = ModelSettings::from_json(&terms.models)?;
     let routes = state.models.routes(&ctx, &settings, &requested).await?;
-    let prompt_estimate = estimate_prompt_tokens(&request);
-    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
     let created = OffsetDateTime::now_utc().unix_timestamp();
+    let tags = CallTags {
+        event_id: id.clone(),
+        run_id: None,
+        agent_id: None,
+        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        attributes: json!({"requested_model": requested}),
+    };
+    if !stream {
+        let (response, _, _) =
+            calls::complete(&state.metering, &state.models, &ctx, &routes, request, &tags).await?;
+        return Ok(Json(completion_json(&id, created, &requested, &response)).into_response());
+    }
 
+    let prompt = calls::estimate_prompt_tokens(&request);
     let mut last_error = None;
     for (attempt, route) in routes.iter().enumerate() {
-        let price = state
-            .models
-            .catalog()
-            .get(&route.model)
-            .cloned()
-            .ok_or_else(|| ApiError(bulkhead_metering::pricing::unknown_model(&route.model)))?;
-        let max_out = request
-            .max_tokens
-            .map(u64::from)
-            .unwrap_or(u64::from(price.max_output))
-            .min(u64::from(price.max_output.max(1)));
-        let worst = state.metering.pricing().worst_case(
-            &terms.pricing,
-            &route.model,
-            prompt_estimate as i64,
-            Some(max_out as i64),
-        )?;
-        let admission = Admission {
-            rates: vec![(RateKind::Tokens, prompt_estimate + max_out)],
-            concurrency: None,
-            worst_case: worst,
-        };
-        let admitted = state.metering.admit(&ctx, admission).await?;
+        let admitted =
+            calls::admit(&state.metering, &state.models, &terms, &ctx, route, &request, prompt).await?;
         request.model = route.provider_model.clone();
-        let meter = Meter {
-            state: state.clone(),
-            ctx: ctx.clone(),
-            id: if attempt == 0 { id.clone() } else { format!("{id}-{attempt}") },
-            route_model: route.model.clone(),
-            requested: requested.clone(),
-            request_id: request_id.clone(),
-            prompt_estimate,
-            started: std::time::Instant::now(),
-        };
-        if stream {
-            match route.provider.chat_stream(&request).await {
-                Ok(events) => {
-                    return Ok(stream_response(
-                        meter,
-                        admitted,
-                        route.clone(),
-                        events,
-                        id,
-                        created,
-                        requested,
-                        include_usage,
-                    ));
-                }
-                Err(e) => {
-                    state.metering.cancel(&ctx, admitted).await?;
-                    let retry = is_failover(&e);
-                    last_error = Some(e);
-                    if retry {
-                        tracing::warn!(model = %route.model, "provider failed; trying the next model");
-                        continue;
-                    }
-                    break;
-                }
-            }
-        }
-        match route.provider.chat(&request).await {
-            Ok(response) => {
-                let body = completion_json(&id, created, &requested, &response);
-                meter.settle(admitted, response.usage, &route.provider_name, "ok").await;
-                return Ok(Json(body).into_response());
+        match route.provider.chat_stream(&request).await {
+            Ok(events) => {
+                let meter = Meter {
+                    state: state.clone(),
+                    ctx: ctx.clone(),
+                    terms: terms.clone(),
+                    tags: tags.clone(),
+                    attempt,
+                    prompt_estimate: prompt,
+                    started: std::time::Instant::now(),
+                };
+                return Ok(stream_response(
+                    meter,
+                    admitted,
+                    route.clone(),
+                    events,
+                    id,
+                    created,
+                    requested,
+                    include_usage,
+                ));
             }
             Err(e) => {
                 state.metering.cancel(&ctx, admitted).await?;
-                let retry = is_failover(&e);
-                last_error = Some(e);
-                if retry {
+                let failover = e.is_retryable();
+                if failover {
                     tracing::warn!(model = %route.model, "provider failed; trying the next model");
-                    continue;
                 }
-                break;
+                last_error = Some(e);
+                if !failover {
+                    break;
+                }
             }
         }
     }
@@ -590,7 +502,7 @@ fn stream_response(
             }
             let _ = tx.send("data: [DONE]\n\n".to_owned()).await;
         }
-        meter.settle(admitted, usage, &route.provider_name, outcome).await;
+        meter.settle(admitted, &route, usage, outcome).await;
     });
     let body =
         futures::stream::unfold(

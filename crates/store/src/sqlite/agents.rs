@@ -126,7 +126,7 @@ impl SqliteStore {
         sqlx::query("SELECT 1 FROM threads WHERE tenant_id = ? AND id = ?")
             .bind(ctx.tenant_id().to_string())
             .bind(thread.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?
             .map(|_| ())
             .ok_or(StoreError::NotFound("thread"))
@@ -136,7 +136,7 @@ impl SqliteStore {
         sqlx::query("SELECT 1 FROM runs WHERE tenant_id = ? AND id = ?")
             .bind(ctx.tenant_id().to_string())
             .bind(run.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?
             .map(|_| ())
             .ok_or(StoreError::NotFound("run"))
@@ -208,7 +208,7 @@ impl AgentStore for SqliteStore {
         .bind(ctx.tenant_id().to_string())
         .bind(after_cursor(&page))
         .bind(page.fetch())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let items = rows.iter().map(agent_from_row).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_fetched(items, page))
@@ -218,7 +218,7 @@ impl AgentStore for SqliteStore {
         let row = sqlx::query(AssertSqlSafe(format!("{AGENT_SELECT} WHERE a.tenant_id = ? AND a.id = ?")))
             .bind(ctx.tenant_id().to_string())
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?
             .ok_or(StoreError::NotFound("agent"))?;
         agent_from_row(&row)
@@ -300,7 +300,7 @@ impl AgentStore for SqliteStore {
         )))
         .bind(ctx.tenant_id().to_string())
         .bind(id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         // Every agent has its first version: none means no such agent.
         if rows.is_empty() {
@@ -316,7 +316,7 @@ impl AgentStore for SqliteStore {
         .bind(ctx.tenant_id().to_string())
         .bind(id.to_string())
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?
         .ok_or(StoreError::NotFound("agent version"))?;
         version_from_row(&row)
@@ -343,7 +343,7 @@ impl AgentStore for SqliteStore {
         )))
         .bind(ctx.tenant_id().to_string())
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?
         .ok_or(StoreError::NotFound("thread"))?;
         thread_from_row(&row)
@@ -356,7 +356,7 @@ impl AgentStore for SqliteStore {
         .bind(ctx.tenant_id().to_string())
         .bind(after_cursor(&page))
         .bind(page.fetch())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let items = rows.iter().map(thread_from_row).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_fetched(items, page))
@@ -442,7 +442,7 @@ impl AgentStore for SqliteStore {
         .bind(thread.to_string())
         .bind(after_cursor(&page))
         .bind(page.fetch())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         if rows.is_empty() {
             self.ensure_thread(ctx, thread).await?;
@@ -460,7 +460,7 @@ impl AgentStore for SqliteStore {
         .bind(ctx.tenant_id().to_string())
         .bind(thread.to_string())
         .bind(n.max(0))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         if rows.is_empty() {
             self.ensure_thread(ctx, thread).await?;
@@ -554,7 +554,7 @@ impl AgentStore for SqliteStore {
             sqlx::query(AssertSqlSafe(format!("SELECT {RUN_COLS} FROM runs WHERE tenant_id = ? AND id = ?")))
                 .bind(ctx.tenant_id().to_string())
                 .bind(id.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?
                 .ok_or(StoreError::NotFound("run"))?;
         run_from_row(&row)
@@ -568,7 +568,7 @@ impl AgentStore for SqliteStore {
         .bind(thread.to_string())
         .bind(after_cursor(&page))
         .bind(page.fetch())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         if rows.is_empty() {
             self.ensure_thread(ctx, thread).await?;
@@ -710,7 +710,7 @@ impl AgentStore for SqliteStore {
         )))
         .bind(ctx.tenant_id().to_string())
         .bind(run.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         if rows.is_empty() {
             self.ensure_run(ctx, run).await?;
@@ -723,7 +723,7 @@ impl AgentStore for SqliteStore {
             "SELECT tenant_id, sum(status = 'queued'), sum(status = 'running') FROM runs
              WHERE status IN ('queued', 'running') GROUP BY tenant_id ORDER BY tenant_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.into_iter()
             .map(|(tenant, queued, running)| Ok(TenantQueue { tenant_id: decode(&tenant)?, queued, running }))

@@ -9,6 +9,7 @@
 
 pub mod calls;
 pub mod events;
+pub mod knowledge_tool;
 pub mod metrics;
 pub mod runner;
 pub mod scheduler;
@@ -16,7 +17,8 @@ pub mod spec;
 pub mod tools;
 
 pub use events::{EventHub, RunEvent};
+pub use knowledge_tool::KnowledgeSearch;
 pub use runner::{Outcome, Runner};
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use spec::AgentSpec;
-pub use tools::{Tool, ToolRegistry};
+pub use tools::{Tool, ToolCtx, ToolRegistry};

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::calls::CallTags;
 use crate::events::{EventHub, RunEvent};
 use crate::spec::AgentSpec;
-use crate::tools::ToolRegistry;
+use crate::tools::{ToolCtx, ToolRegistry};
 
 /// What the loop needs.
 #[derive(Clone)]
@@ -304,7 +304,7 @@ impl Runner {
                     "tool.call",
                     json!({"id": call.id, "name": call.name, "arguments": call.arguments}),
                 );
-                let (result, ok) = self.call_tool(ctx, spec, call).await;
+                let (result, ok) = self.call_tool(ctx, spec, call).await?;
                 totals.steps += 1;
                 let step = json!({"tool": call.name, "call_id": call.id, "ok": ok,
                                   "arguments_sha256": bulkhead_core::keys::hash_key(&call.arguments).iter().map(|b| format!("{b:02x}")).collect::<String>(),
@@ -325,25 +325,32 @@ impl Runner {
     }
 
     /// Calls a tool the agent allows; a refusal or failure is a tool error
-    /// the model sees, never an exception of the run.
-    async fn call_tool(&self, ctx: &TenantCtx, spec: &AgentSpec, call: &ToolCall) -> (String, bool) {
+    /// the model sees, never an exception of the run. A result bound to
+    /// another tenant is the one exception: a hard error that fails the run.
+    async fn call_tool(
+        &self,
+        ctx: &TenantCtx,
+        spec: &AgentSpec,
+        call: &ToolCall,
+    ) -> Result<(String, bool), Error> {
         if !spec.tools.iter().any(|t| t == &call.name) {
             tracing::warn!(tool = %call.name, "tool call refused: not allowed for this agent");
-            return (format!("error: the tool `{}` is not allowed for this agent", call.name), false);
+            return Ok((format!("error: the tool `{}` is not allowed for this agent", call.name), false));
         }
         let Some(tool) = self.tools.get(&call.name) else {
-            return (format!("error: no tool named `{}`", call.name), false);
+            return Ok((format!("error: no tool named `{}`", call.name), false));
         };
         let args: Value =
             match serde_json::from_str(if call.arguments.is_empty() { "{}" } else { &call.arguments }) {
                 Ok(v) => v,
-                Err(e) => return (format!("error: arguments are not JSON: {e}"), false),
+                Err(e) => return Ok((format!("error: arguments are not JSON: {e}"), false)),
             };
-        match tokio::time::timeout(Duration::from_secs(30), tool.call(ctx, &args)).await {
-            Ok(Ok(out)) => (out, true),
+        let tool_ctx = ToolCtx { tenant: ctx, knowledge_bases: &spec.knowledge_bases };
+        Ok(match tokio::time::timeout(Duration::from_secs(30), tool.call(&tool_ctx, &args)).await {
+            Ok(Ok(out)) => (out.into_inner_for(ctx)?, true),
             Ok(Err(e)) => (format!("error: {e}"), false),
             Err(_) => ("error: the tool timed out".into(), false),
-        }
+        })
     }
 
     /// One model call of the run, metered with the run's and agent's ids.

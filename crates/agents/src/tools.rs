@@ -6,16 +6,28 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bulkhead_core::TenantCtx;
+use bulkhead_core::{TenantBound, TenantCtx};
 use bulkhead_models::ToolDef;
 use serde_json::{Value, json};
 
-/// A tool an agent can call. `call` returns the text the model gets, or an
-/// error text (also given to the model, as a tool error).
+/// What a tool call runs under: the run's tenant and what its agent may
+/// reach.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolCtx<'a> {
+    pub tenant: &'a TenantCtx,
+    /// The knowledge bases attached to the agent (still checked against the
+    /// tenant's own by whoever reads them).
+    pub knowledge_bases: &'a [uuid::Uuid],
+}
+
+/// A tool an agent can call. `call` returns the text the model gets, bound
+/// to the tenant it was produced for (the loop refuses a result of another
+/// tenant as a hard error), or an error text (also given to the model, as a
+/// tool error).
 #[async_trait]
 pub trait Tool: Send + Sync {
     fn def(&self) -> ToolDef;
-    async fn call(&self, ctx: &TenantCtx, args: &Value) -> Result<String, String>;
+    async fn call(&self, call: &ToolCtx<'_>, args: &Value) -> Result<TenantBound<String>, String>;
 }
 
 /// Tools by name.
@@ -58,9 +70,10 @@ impl Tool for CurrentTime {
         }
     }
 
-    async fn call(&self, _ctx: &TenantCtx, _args: &Value) -> Result<String, String> {
+    async fn call(&self, call: &ToolCtx<'_>, _args: &Value) -> Result<TenantBound<String>, String> {
         time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
+            .map(|t| call.tenant.bind(t))
             .map_err(|e| e.to_string())
     }
 }
@@ -77,15 +90,15 @@ impl Tool for Calculator {
         }
     }
 
-    async fn call(&self, _ctx: &TenantCtx, args: &Value) -> Result<String, String> {
+    async fn call(&self, call: &ToolCtx<'_>, args: &Value) -> Result<TenantBound<String>, String> {
         let expr =
             args.get("expression").and_then(Value::as_str).ok_or("expected {\"expression\": \"…\"}")?;
         let value = evaluate(expr)?;
-        Ok(if value.fract() == 0.0 && value.abs() < 1e15 {
+        Ok(call.tenant.bind(if value.fract() == 0.0 && value.abs() < 1e15 {
             format!("{}", value as i64)
         } else {
             format!("{value}")
-        })
+        }))
     }
 }
 

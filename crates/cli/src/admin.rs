@@ -1,7 +1,9 @@
 //! `bulkhead tenant …` and `bulkhead key …`: the operator at the console,
 //! working directly on the configured store. Tenants are named by name or id.
+//! Changes are audited as the HTTP API audits them, with the actor `cli`.
 
 use anyhow::{Context as _, bail};
+use bulkhead_audit::{Audit, AuditEvent, action};
 use bulkhead_core::config::Config;
 use bulkhead_core::keys::{self, KeyKind};
 use bulkhead_core::page::{Page, PageReq};
@@ -98,16 +100,16 @@ pub enum KeyCmd {
     },
 }
 
-fn fail(e: impl Into<bulkhead_core::Error>) -> anyhow::Error {
+pub(crate) fn fail(e: impl Into<bulkhead_core::Error>) -> anyhow::Error {
     let e = e.into();
     anyhow::anyhow!("{}: {}", e.code, e.message)
 }
 
-async fn open(config: &Config) -> anyhow::Result<DynStore> {
+pub(crate) async fn open(config: &Config) -> anyhow::Result<DynStore> {
     bulkhead_store::open(&config.store).await.context("opening the store")
 }
 
-async fn resolve(store: &DynStore, op: &OperatorCtx, tenant: &str) -> anyhow::Result<Tenant> {
+pub(crate) async fn resolve(store: &DynStore, op: &OperatorCtx, tenant: &str) -> anyhow::Result<Tenant> {
     let found = match tenant.parse::<TenantId>() {
         Ok(id) => store.get_tenant(op, id).await,
         Err(_) => store.find_tenant_by_name(op, tenant).await,
@@ -139,7 +141,7 @@ fn key_json(k: &ApiKey) -> serde_json::Value {
 }
 
 /// Prints rows as an aligned table.
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -157,7 +159,10 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 /// Every item of a paginated list.
-async fn collect_all<T, F, Fut>(mut fetch: F, id: impl Fn(&T) -> uuid::Uuid) -> anyhow::Result<Vec<T>>
+pub(crate) async fn collect_all<T, F, Fut>(
+    mut fetch: F,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> anyhow::Result<Vec<T>>
 where
     F: FnMut(PageReq) -> Fut,
     Fut: std::future::Future<Output = bulkhead_store::Result<Page<T>>>,
@@ -198,13 +203,29 @@ fn print_tenants(tenants: &[Tenant], as_json: bool) {
     );
 }
 
+/// An audit event about a tenant (its name and tier, never its metadata).
+fn tenant_event(name: &str, t: &Tenant) -> AuditEvent {
+    AuditEvent::new(name, format!("tenant:{}", t.id))
+        .details(json!({"name": t.name, "tier": t.tier.as_str()}))
+}
+
+/// An audit event about a key: what identifies it, never its secret.
+fn key_event(name: &str, k: &ApiKey) -> AuditEvent {
+    AuditEvent::new(name, format!("key:{}", k.id)).details(json!({
+        "name": k.name, "prefix": k.prefix, "scope": k.scope.map(|s| s.as_str()),
+        "expires_at": k.expires_at.map(ts),
+    }))
+}
+
 pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
     let store = open(config).await?;
+    let audit = Audit::new(store.clone());
     let op = OperatorCtx::local_cli();
     match cmd {
         TenantCmd::Create { name, tier, metadata, json } => {
             let metadata = parse_metadata(metadata.as_deref())?.unwrap_or_else(|| json!({}));
             let t = store.create_tenant(&op, NewTenant { name, tier, metadata }).await.map_err(fail)?;
+            audit.record_tenant_lifecycle(&op, t.id, tenant_event(action::TENANT_CREATED, &t)).await;
             print_tenants(&[t], json);
         }
         TenantCmd::List { json } => {
@@ -221,21 +242,38 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
             }
         }
         TenantCmd::Update { tenant, name, tier, metadata } => {
-            let t = resolve(&store, &op, &tenant).await?;
-            let patch =
-                TenantPatch { name, tier, status: None, metadata: parse_metadata(metadata.as_deref())? };
-            let t = store.update_tenant(&op, t.id, patch).await.map_err(fail)?;
+            let before = resolve(&store, &op, &tenant).await?;
+            let metadata = parse_metadata(metadata.as_deref())?;
+            let metadata_changed = metadata.is_some();
+            let patch = TenantPatch { name, tier, status: None, metadata };
+            let t = store.update_tenant(&op, before.id, patch).await.map_err(fail)?;
+            if t.tier != before.tier {
+                let event = AuditEvent::new(action::TENANT_TIER_CHANGED, format!("tenant:{}", t.id))
+                    .details(json!({"from": before.tier.as_str(), "to": t.tier.as_str()}));
+                audit.record_tenant_lifecycle(&op, t.id, event).await;
+            }
+            if t.name != before.name || metadata_changed {
+                let event =
+                    AuditEvent::new(action::TENANT_UPDATED, format!("tenant:{}", t.id)).details(json!({
+                        "name": t.name, "previous_name": before.name, "metadata_changed": metadata_changed,
+                    }));
+                audit.record_tenant_lifecycle(&op, t.id, event).await;
+            }
             print_tenants(&[t], false);
         }
         TenantCmd::Suspend { tenant } => {
             let t = resolve(&store, &op, &tenant).await?;
             let patch = TenantPatch { status: Some(TenantStatus::Suspended), ..Default::default() };
-            print_tenants(&[store.update_tenant(&op, t.id, patch).await.map_err(fail)?], false);
+            let t = store.update_tenant(&op, t.id, patch).await.map_err(fail)?;
+            audit.record_tenant_lifecycle(&op, t.id, tenant_event(action::TENANT_SUSPENDED, &t)).await;
+            print_tenants(&[t], false);
         }
         TenantCmd::Resume { tenant } => {
             let t = resolve(&store, &op, &tenant).await?;
             let patch = TenantPatch { status: Some(TenantStatus::Active), ..Default::default() };
-            print_tenants(&[store.update_tenant(&op, t.id, patch).await.map_err(fail)?], false);
+            let t = store.update_tenant(&op, t.id, patch).await.map_err(fail)?;
+            audit.record_tenant_lifecycle(&op, t.id, tenant_event(action::TENANT_RESUMED, &t)).await;
+            print_tenants(&[t], false);
         }
         TenantCmd::Delete { tenant, yes } => {
             let t = resolve(&store, &op, &tenant).await?;
@@ -243,6 +281,8 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
                 bail!("deleting {} removes all of its data; add --yes to confirm", t.name);
             }
             store.delete_tenant(&op, t.id).await.map_err(fail)?;
+            // The tenant's chain went with it; the platform's keeps the record.
+            audit.record_platform(&op, tenant_event(action::TENANT_DELETED, &t)).await;
             println!("deleted tenant {} ({})", t.name, t.id);
         }
     }
@@ -275,6 +315,7 @@ fn print_keys(keys: &[ApiKey], as_json: bool) {
 
 pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<()> {
     let store = open(config).await?;
+    let audit = Audit::new(store.clone());
     let op = OperatorCtx::local_cli();
     match cmd {
         KeyCmd::Create { tenant, operator, name, scope, expires_in_days, json } => {
@@ -283,6 +324,7 @@ pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<()> {
             let (new, key) = if operator {
                 let new = keys::generate(KeyKind::Operator);
                 let key = store.create_operator_key(&op, &name, &new, expires_at).await.map_err(fail)?;
+                audit.record_platform(&op, key_event(action::OPERATOR_KEY_CREATED, &key)).await;
                 (new, key)
             } else {
                 let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
@@ -291,6 +333,7 @@ pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<()> {
                 let scope = scope.unwrap_or(Scope::TenantApp);
                 let key =
                     store.create_tenant_key(&ctx, &name, scope, &new, expires_at).await.map_err(fail)?;
+                audit.record(&ctx, key_event(action::KEY_CREATED, &key)).await;
                 (new, key)
             };
             if json {
@@ -314,10 +357,15 @@ pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::Revoke { key_id, tenant, operator } => {
             let key = if operator {
-                store.revoke_operator_key(&op, key_id).await.map_err(fail)?
+                let key = store.revoke_operator_key(&op, key_id).await.map_err(fail)?;
+                audit.record_platform(&op, key_event(action::OPERATOR_KEY_REVOKED, &key)).await;
+                key
             } else {
                 let t = resolve(&store, &op, tenant.as_deref().unwrap_or_default()).await?;
-                store.revoke_tenant_key(&op.act_for(t.id), key_id).await.map_err(fail)?
+                let ctx = op.act_for(t.id);
+                let key = store.revoke_tenant_key(&ctx, key_id).await.map_err(fail)?;
+                audit.record(&ctx, key_event(action::KEY_REVOKED, &key)).await;
+                key
             };
             print_keys(&[key], false);
         }

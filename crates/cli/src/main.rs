@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::Serialized;
 
 mod admin;
+mod audit;
+mod kb;
 mod serve;
 
 #[derive(Debug, Parser)]
@@ -42,6 +44,12 @@ enum Command {
     Key(admin::KeyCmd),
     /// Usage and cost, as a table.
     Usage(admin::UsageArgs),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Knowledge bases: create, list, ingest a directory, search.
+    #[command(subcommand)]
+    Kb(kb::KbCmd),
     /// Run agent workers only (no HTTP API), on the configured store.
     Worker,
 }
@@ -101,6 +109,8 @@ fn main() -> anyhow::Result<()> {
             Command::Tenant(cmd) => admin::tenant(&config, cmd).await,
             Command::Key(cmd) => admin::key(&config, cmd).await,
             Command::Usage(args) => admin::usage(&config, args).await,
+            Command::Audit(cmd) => audit::audit(&config, cmd).await,
+            Command::Kb(cmd) => kb::kb(&config, cmd).await,
             Command::Worker => serve::worker(config).await,
         }
     })

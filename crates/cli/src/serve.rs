@@ -64,6 +64,9 @@ pub async fn worker(config: Config) -> anyhow::Result<()> {
     println!("worker running with {} slots", config.agents.workers);
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    let knowledge = services.knowledge.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { knowledge.run_jobs(stop.cancelled_owned()).await });
     services.scheduler.run(shutdown).await;
     tracing::info!("worker stopped");
     Ok(())

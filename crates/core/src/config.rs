@@ -24,6 +24,121 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub models: ModelsConfig,
     pub agents: AgentsConfig,
+    pub knowledge: KnowledgeConfig,
+    pub tools: ToolsConfig,
+}
+
+/// Tools that reach the network (`http_request`, tenant HTTP tools, MCP
+/// servers): the operator's part of the egress policy. Mirrors
+/// `bulkhead_tools::EgressConfig`, which `core` cannot depend on; the
+/// server converts it at start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Loopback, private, link-local, CGNAT or reserved destinations tools
+    /// may reach anyway, each with its ports: `127.0.0.1:8080`,
+    /// `10.1.0.0/16:443,8443`, `[::1]:9000`, `[fd00::/8]:*`. Empty by
+    /// default. Metadata addresses cannot be excepted.
+    pub egress_exceptions: Vec<String>,
+    /// Largest response body a tool reads, in bytes; the rest is cut off.
+    pub max_response_bytes: u64,
+    /// Deadline of one tool exchange (every hop, redirects and body).
+    pub timeout_ms: u64,
+    /// Redirects followed at most; each hop is checked again.
+    pub max_redirects: u32,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            egress_exceptions: Vec::new(),
+            max_response_bytes: 1024 * 1024,
+            timeout_ms: 30_000,
+            max_redirects: 5,
+        }
+    }
+}
+
+impl ToolsConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_response_bytes == 0 || self.max_response_bytes > 64 * 1024 * 1024 {
+            return Err(Error::invalid("tools.max_response_bytes must be between 1 and 64 MiB"));
+        }
+        if !(100..=600_000).contains(&self.timeout_ms) {
+            return Err(Error::invalid("tools.timeout_ms must be between 100 and 600000"));
+        }
+        if self.max_redirects > 20 {
+            return Err(Error::invalid("tools.max_redirects must be at most 20"));
+        }
+        for e in &self.egress_exceptions {
+            if !valid_exception(e) {
+                return Err(Error::invalid(format!(
+                    "tools.egress_exceptions: `{e}` is not ADDRESS[/PREFIX]:PORTS, e.g. `127.0.0.1:8080`, \
+                     `10.0.0.0/8:443`, `[::1]:9000`, `[fd00::/8]:*`"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shape of an egress exception: `ip[/prefix]:ports` or
+/// `[ipv6[/prefix]]:ports`, ports `*` or a comma-separated list. (The tools
+/// crate parses it in full; this catches typos at start.)
+fn valid_exception(text: &str) -> bool {
+    let text = text.trim();
+    let split = match text.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:"),
+        None => text.rsplit_once(':').filter(|(net, _)| !net.contains(':')),
+    };
+    let Some((net, ports)) = split else { return false };
+    let (addr, prefix) = match net.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (net, None),
+    };
+    let Ok(addr) = addr.parse::<std::net::IpAddr>() else { return false };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_ok = prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max));
+    let ports_ok = ports == "*" || ports.split(',').all(|p| p.trim().parse::<u16>().is_ok_and(|p| p != 0));
+    prefix_ok && ports_ok
+}
+
+/// Knowledge bases: document limits, chunking, the embedded model, and the
+/// in-memory vector indexes of the embedded (SQLite) mode.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    /// Largest document accepted, in bytes.
+    pub max_document_bytes: usize,
+    /// Chunk size and overlap, in tokens, for knowledge bases that set none.
+    pub chunk_tokens: i32,
+    pub chunk_overlap: i32,
+    /// The all-MiniLM-L6-v2 directory (`model.safetensors`, `tokenizer.json`,
+    /// `config.json`); `scripts/models.sh` installs one and prints its path.
+    /// Its tokenizer also counts tokens for chunking. Without it, documents
+    /// cannot be ingested.
+    pub model_dir: Option<PathBuf>,
+    /// SQLite mode: a knowledge base's in-memory index is searched exactly
+    /// up to this many chunks, through an HNSW graph beyond.
+    pub exact_limit: usize,
+    /// SQLite mode: memory for in-memory indexes (least recently used are dropped).
+    pub index_cache_mb: usize,
+    /// Documents ingested at once by this process.
+    pub ingest_workers: usize,
+}
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 10 * 1024 * 1024,
+            chunk_tokens: 200,
+            chunk_overlap: 32,
+            model_dir: None,
+            exact_limit: 20_000,
+            index_cache_mb: 1_024,
+            ingest_workers: 1,
+        }
+    }
 }
 
 /// Workers and the run queue.
@@ -177,6 +292,7 @@ impl Default for ModelsConfig {
                 ("classification", "builtin/scripted"),
                 ("summarization", "builtin/scripted"),
                 ("chat", "builtin/scripted"),
+                ("embedding", "builtin/all-minilm-l6-v2"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -260,6 +376,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("MASTER_KEY", "models.master_key"),
     ("LOG_FORMAT", "log.format"),
     ("LOG", "log.filter"),
+    ("MINILM_DIR", "knowledge.model_dir"),
 ];
 
 impl Config {
@@ -328,6 +445,18 @@ impl Config {
         if !matches!(self.limits.redis_fallback.as_str(), "deny" | "local") {
             return Err(Error::invalid("limits.redis_fallback must be `deny` or `local`"));
         }
+        let k = &self.knowledge;
+        if k.max_document_bytes == 0 || k.ingest_workers == 0 {
+            return Err(Error::invalid(
+                "knowledge.max_document_bytes and knowledge.ingest_workers must be positive",
+            ));
+        }
+        if !(16..=8_192).contains(&k.chunk_tokens) || k.chunk_overlap < 0 || k.chunk_overlap >= k.chunk_tokens
+        {
+            return Err(Error::invalid(
+                "knowledge.chunk_tokens must be 16-8192 and knowledge.chunk_overlap below it",
+            ));
+        }
         let m = &self.metering;
         let prices = [m.tool_call_price, m.sandbox_cpu_second_price]
             .into_iter()
@@ -368,6 +497,7 @@ impl Config {
         if self.store.max_connections == 0 {
             return Err(Error::invalid("store.max_connections must be at least 1"));
         }
+        self.tools.validate()?;
         Ok(())
     }
 }
@@ -396,6 +526,26 @@ mod tests {
             assert_eq!(c.log.format, "json");
             Ok(())
         });
+    }
+
+    #[test]
+    fn tool_egress_settings_are_checked() {
+        let mut c = Config::default();
+        c.tools.egress_exceptions = vec![
+            "127.0.0.1:8080".into(),
+            "10.0.0.0/8:443,8443".into(),
+            "[::1]:9000".into(),
+            "[fd00::/8]:*".into(),
+        ];
+        assert!(c.validate().is_ok());
+        for bad in ["127.0.0.1", "localhost:80", "10.0.0.0/33:1", "::1:80", "[::1]", "1.2.3.4:0", "1.2.3.4:x"]
+        {
+            c.tools.egress_exceptions = vec![bad.into()];
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        c.tools.egress_exceptions.clear();
+        c.tools.timeout_ms = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum Code {
     UnknownModel,
     /// The model exists but is not on the tenant's allow list.
     ModelNotAllowed,
+    /// An outgoing request (a tool's) was refused by the egress policy: the
+    /// host is not on the tenant's allow list, or it is a private, loopback,
+    /// link-local or metadata address the operator has not excepted.
+    EgressDenied,
     /// The request conflicts with existing state (e.g. a duplicate name).
     Conflict,
     /// The body is larger than the configured limit.
@@ -59,6 +63,7 @@ impl Code {
         Code::MalformedJson,
         Code::UnknownModel,
         Code::ModelNotAllowed,
+        Code::EgressDenied,
         Code::Conflict,
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
@@ -74,7 +79,7 @@ impl Code {
     pub fn status(self) -> u16 {
         match self {
             Code::Unauthorized => 401,
-            Code::Forbidden | Code::TenantSuspended | Code::ModelNotAllowed => 403,
+            Code::Forbidden | Code::TenantSuspended | Code::ModelNotAllowed | Code::EgressDenied => 403,
             Code::NotFound => 404,
             Code::MethodNotAllowed => 405,
             Code::Conflict => 409,
@@ -98,6 +103,7 @@ impl Code {
             Code::MalformedJson => "malformed_json",
             Code::UnknownModel => "unknown_model",
             Code::ModelNotAllowed => "model_not_allowed",
+            Code::EgressDenied => "egress_denied",
             Code::Conflict => "conflict",
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
@@ -121,6 +127,7 @@ impl Code {
             Code::MalformedJson => "the body is not valid JSON for this endpoint",
             Code::UnknownModel => "the model is not in the catalog",
             Code::ModelNotAllowed => "the model is not on the tenant's allow list",
+            Code::EgressDenied => "the egress policy refused the destination of an outgoing request",
             Code::Conflict => "conflicts with existing state, e.g. a duplicate name",
             Code::PayloadTooLarge => "the body exceeds the configured size limit",
             Code::UnsupportedMediaType => "the content type is not accepted here",

@@ -80,3 +80,19 @@ id_type!(
     /// Identifies a run of an agent on a thread.
     RunId
 );
+id_type!(
+    /// Identifies a knowledge base.
+    KbId
+);
+id_type!(
+    /// Identifies a document in a knowledge base.
+    DocId
+);
+id_type!(
+    /// Identifies a tenant-defined tool.
+    ToolId
+);
+id_type!(
+    /// Identifies a tenant's registered MCP server.
+    McpServerId
+);

@@ -15,6 +15,6 @@ pub mod page;
 pub mod tenancy;
 
 pub use error::{Code, Error, Result};
-pub use ids::{AgentId, KeyId, MessageId, RunId, TenantId, ThreadId};
+pub use ids::{AgentId, DocId, KbId, KeyId, McpServerId, MessageId, RunId, TenantId, ThreadId, ToolId};
 pub use money::Money;
 pub use tenancy::{Actor, OperatorCtx, TenantBound, TenantCtx, Tier};

@@ -153,6 +153,12 @@ mod minilm {
             Chunker::new(&self.tokenizer, max_tokens, overlap)
         }
 
+        /// Tokens the model reads for `text` ([CLS] and [SEP] included,
+        /// truncation applied): what an embedding of it is metered by.
+        pub fn count_tokens(&self, text: &str) -> usize {
+            self.tokenizer.encode(text, true).map(|e| e.len()).unwrap_or(0)
+        }
+
         /// Runs one batch: pads to its longest input, masks the padding, and
         /// returns the mean-pooled, normalised vectors.
         fn forward(&self, inputs: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {

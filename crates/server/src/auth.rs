@@ -6,11 +6,22 @@
 //! or [`Operator`]. `X-Tenant-ID` is honoured only for operator keys — the
 //! operator then acts for that tenant as its admin, and the request's span
 //! and log say so.
+//!
+//! The audit log hears of two things here: every refused key (through
+//! `Audit::auth_failed`, which coalesces floods: at most two entries per
+//! key, or per reason for unknown keys, per minute and process), and every
+//! mutating request an operator makes for a tenant with `X-Tenant-ID`
+//! (`operator.request` in that tenant's chain, with the response status).
+//! A missing `Authorization` header is not recorded.
+
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{FromRequestParts, Request, State};
+use axum::http::Method;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
+use bulkhead_audit::{AuditEvent, AuthFailReason, AuthFailure, Outcome, action};
 use bulkhead_core::keys::{self, Principal};
 use bulkhead_core::tenancy::Scope;
 use bulkhead_core::{Code, Error, OperatorCtx, TenantCtx, TenantId};
@@ -39,14 +50,38 @@ pub async fn authenticate(
         .ok_or_else(|| {
             ApiError::new(Code::Unauthorized, "missing API key; send `Authorization: Bearer <key>`")
         })?;
-    let parsed = keys::parse(presented)?;
+    let parsed = match keys::parse(presented) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            state.audit.auth_failed(AuthFailure::unknown(None)).await;
+            return Err(err.into());
+        }
+    };
     let stored = state.store.lookup_key(parsed.prefix).await?;
     let last_used = stored.as_ref().and_then(|k| k.last_used_at);
+    // What the audit entry of a refusal needs; never the presented secret.
+    let known = stored.as_ref().map(|k| (k.id, k.tenant_id, k.revoked, k.expires_at));
     let now = OffsetDateTime::now_utc();
     let principal = match keys::authenticate(&parsed, stored, now) {
         Ok(p) => p,
         Err(err) => {
             tracing::warn!(prefix = parsed.prefix, code = %err.code, "authentication refused");
+            let failure = match known {
+                None => AuthFailure::unknown(Some(parsed.prefix)),
+                Some((id, tenant, revoked, expires_at)) => {
+                    let reason = if err.code == Code::TenantSuspended {
+                        AuthFailReason::TenantSuspended
+                    } else if revoked {
+                        AuthFailReason::Revoked
+                    } else if expires_at.is_some_and(|at| at <= now) {
+                        AuthFailReason::Expired
+                    } else {
+                        AuthFailReason::InvalidSecret
+                    };
+                    AuthFailure::known(parsed.prefix, id, tenant, reason)
+                }
+            };
+            state.audit.auth_failed(failure).await;
             return Err(err.into());
         }
     };
@@ -69,9 +104,39 @@ pub async fn authenticate(
             }
         });
     }
+    // An operator changing something for a tenant named in X-Tenant-ID: the
+    // tenant is known only once an extractor resolves it (it must exist),
+    // so the extractor fills this slot and the entry is written after the
+    // response, with its status.
+    let acted_for = (matches!(principal, Principal::Operator(_))
+        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && req.headers().contains_key(TENANT_HEADER))
+    .then(ActedFor::default);
+    let target = format!("{} {}", req.method(), req.uri().path());
+    if let Some(slot) = &acted_for {
+        req.extensions_mut().insert(slot.clone());
+    }
     req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+    let response = next.run(req).await;
+    if let Some(ctx) = acted_for.as_ref().and_then(|slot| slot.0.get()) {
+        let status = response.status();
+        let outcome = match status.as_u16() {
+            s if s < 400 => Outcome::Success,
+            401 | 403 => Outcome::Denied,
+            _ => Outcome::Failure,
+        };
+        let event = AuditEvent::new(action::OPERATOR_REQUEST, target)
+            .outcome(outcome)
+            .details(serde_json::json!({ "status": status.as_u16() }));
+        state.audit.record(ctx, event).await;
+    }
+    Ok(response)
 }
+
+/// Where `tenant_ctx` leaves the tenant an operator acts for with
+/// `X-Tenant-ID`, for the audit entry of a mutating request.
+#[derive(Clone, Default)]
+struct ActedFor(Arc<OnceLock<TenantCtx>>);
 
 fn principal(parts: &Parts) -> Result<&Principal, ApiError> {
     parts
@@ -109,7 +174,11 @@ async fn tenant_ctx(parts: &Parts, state: &AppState) -> Result<TenantCtx, ApiErr
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| ApiError::new(Code::InvalidRequest, "X-Tenant-ID must be a tenant id"))?;
-            act_for(state, op, tenant).await
+            let ctx = act_for(state, op, tenant).await?;
+            if let Some(slot) = parts.extensions.get::<ActedFor>() {
+                let _ = slot.0.set(ctx.clone());
+            }
+            Ok(ctx)
         }
     }
 }

@@ -2,9 +2,12 @@
 //! configuration — metering (pricing, limiter), the vault (master key) and
 //! the model router.
 
+use bulkhead_knowledge::Knowledge;
+use bulkhead_knowledge::embedding::Embedding;
 use std::sync::Arc;
 
 use bulkhead_agents::{EventHub, Runner, Scheduler, SchedulerConfig, ToolRegistry};
+use bulkhead_audit::Audit;
 use bulkhead_core::config::Config;
 use bulkhead_core::keys::{self, KeyKind};
 use bulkhead_core::{Error, OperatorCtx};
@@ -26,7 +29,8 @@ pub async fn ensure_operator_key(
         let key = keys::import(secret, KeyKind::Operator)?;
         // Installing the configured key is idempotent across restarts.
         if store.lookup_key(&key.prefix).await?.is_none() {
-            store.create_operator_key(&op, "configured operator key", &key, None).await?;
+            let created = store.create_operator_key(&op, "configured operator key", &key, None).await?;
+            audit_installed(store, &op, &created).await;
         }
         return Ok(None);
     }
@@ -34,8 +38,19 @@ pub async fn ensure_operator_key(
         return Ok(None);
     }
     let key = keys::generate(KeyKind::Operator);
-    store.create_operator_key(&op, "initial operator key", &key, None).await?;
+    let created = store.create_operator_key(&op, "initial operator key", &key, None).await?;
+    audit_installed(store, &op, &created).await;
     Ok(Some(key.secret))
+}
+
+/// The platform's audit entry for an operator key installed at start-up.
+async fn audit_installed(store: &DynStore, op: &OperatorCtx, key: &bulkhead_store::ApiKey) {
+    let event = bulkhead_audit::AuditEvent::new(
+        bulkhead_audit::action::OPERATOR_KEY_CREATED,
+        format!("key:{}", key.id),
+    )
+    .details(serde_json::json!({"name": key.name, "prefix": key.prefix}));
+    Audit::new(store.clone()).record_platform_as(op, bulkhead_audit::AuditActor::System, event).await;
 }
 
 /// Prices from the shipped catalog, extended by `metering.catalog_file`.
@@ -105,6 +120,8 @@ pub struct Services {
     pub models: Arc<ModelRouter>,
     pub vault: Vault,
     pub scheduler: Scheduler,
+    pub knowledge: Knowledge,
+    pub audit: Audit,
     pub max_queued_runs: i64,
 }
 
@@ -113,11 +130,21 @@ pub async fn services(config: &Config, store: DynStore) -> Result<Services, Erro
     let vault = Vault::new(store.clone(), master_key(config)?);
     let models =
         Arc::new(ModelRouter::new(metering.pricing().catalog.clone(), config.models.clone(), vault.clone()));
+    let knowledge = Knowledge::new(
+        store.clone(),
+        Embedding::new(models.clone(), metering.clone(), config.knowledge.model_dir.clone()),
+        metering.clone(),
+        config.knowledge.clone(),
+    );
     let runner = Runner {
         store: store.clone(),
         metering: metering.clone(),
         models: models.clone(),
-        tools: ToolRegistry::builtin(),
+        tools: {
+            let mut tools = ToolRegistry::builtin();
+            tools.register(Arc::new(bulkhead_agents::KnowledgeSearch { knowledge: knowledge.clone() }));
+            tools
+        },
         events: Arc::new(EventHub::default()),
     };
     let a = &config.agents;
@@ -130,5 +157,15 @@ pub async fn services(config: &Config, store: DynStore) -> Result<Services, Erro
             ..SchedulerConfig::default()
         },
     );
-    Ok(Services { store, metering, models, vault, scheduler, max_queued_runs: a.max_queued_runs })
+    let audit = Audit::new(store.clone());
+    Ok(Services {
+        store,
+        metering,
+        models,
+        vault,
+        scheduler,
+        knowledge,
+        audit,
+        max_queued_runs: a.max_queued_runs,
+    })
 }

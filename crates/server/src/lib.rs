@@ -42,14 +42,35 @@ pub struct AppState {
     pub models: Arc<ModelRouter>,
     pub vault: Vault,
     pub scheduler: Scheduler,
+    pub knowledge: bulkhead_knowledge::Knowledge,
+    pub audit: bulkhead_audit::Audit,
     pub max_queued_runs: i64,
     pub config: Arc<ServerConfig>,
 }
 
 impl AppState {
     pub fn new(services: bootstrap::Services, config: ServerConfig) -> Self {
-        let bootstrap::Services { store, metering, models, vault, scheduler, max_queued_runs } = services;
-        Self { store, metering, models, vault, scheduler, max_queued_runs, config: Arc::new(config) }
+        let bootstrap::Services {
+            store,
+            metering,
+            models,
+            vault,
+            scheduler,
+            knowledge,
+            audit,
+            max_queued_runs,
+        } = services;
+        Self {
+            store,
+            metering,
+            models,
+            vault,
+            scheduler,
+            knowledge,
+            audit,
+            max_queued_runs,
+            config: Arc::new(config),
+        }
     }
 }
 
@@ -114,6 +135,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     tokio::spawn(state.scheduler.clone().run(shutdown.clone()));
+    let knowledge = state.knowledge.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { knowledge.run_jobs(stop.cancelled_owned()).await });
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let app = app(state);
     let signal = shutdown.clone();

@@ -19,7 +19,9 @@ use bulkhead_core::{KeyId, Money, OperatorCtx, TenantCtx, TenantId};
 use time::OffsetDateTime;
 
 pub mod agents;
+pub mod audit;
 mod error;
+pub mod knowledge;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -31,7 +33,12 @@ pub use agents::{
     Agent, AgentPatch, AgentStore, AgentVersion, Recovered, Run, RunStatus, RunStep, StoredMessage,
     TenantQueue, Thread,
 };
+pub use audit::{AuditChain, AuditEntry, AuditHead, AuditQuery, AuditStore, NewAuditEntry};
 pub use error::StoreError;
+pub use knowledge::{
+    ChunkText, DocStatus, Document, KnowledgeBase, KnowledgeStore, KnowledgeUsage, MetadataFilter, NewChunk,
+    NewDocument, NewKnowledgeBase, Replaced, Upserted,
+};
 pub use model::{ApiKey, NewTenant, Tenant, TenantPatch};
 pub use usage::{
     Budget, BudgetAlert, BudgetPeriod, BudgetStatus, GroupBy, ReservationId, Reserve, StoredUsage,
@@ -192,7 +199,15 @@ pub trait SecretStore: Send + Sync {
 /// Everything a server needs from its store.
 #[async_trait]
 pub trait Store:
-    TenantStore + KeyStore + UsageStore + BudgetStore + SettingsStore + SecretStore + AgentStore
+    TenantStore
+    + KeyStore
+    + UsageStore
+    + BudgetStore
+    + SettingsStore
+    + SecretStore
+    + AgentStore
+    + KnowledgeStore
+    + AuditStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
@@ -216,5 +231,7 @@ pub async fn open(config: &StoreConfig) -> Result<DynStore> {
     }
 }
 
+#[cfg(test)]
+mod knowledge_tests;
 #[cfg(test)]
 mod tests;

@@ -114,8 +114,12 @@ pub async fn tenant_owned_tables(config: &StoreConfig) -> Result<Vec<String>> {
         Some(url) => {
             let mut conn = sqlx::PgConnection::connect(url).await?;
             Ok(sqlx::query_scalar(
-                "SELECT table_name::text FROM information_schema.columns
-                 WHERE table_schema = 'public' AND column_name = 'tenant_id' ORDER BY 1",
+                // Partitions (one per tenant, of kb_chunks) are reached through
+                // their parent; the partition's own policy has a test of its own.
+                "SELECT c.table_name::text FROM information_schema.columns c
+                 JOIN pg_class r ON r.relname = c.table_name AND r.relnamespace = 'public'::regnamespace
+                 WHERE c.table_schema = 'public' AND c.column_name = 'tenant_id' AND NOT r.relispartition
+                 ORDER BY 1",
             )
             .fetch_all(&mut conn)
             .await?)
@@ -131,4 +135,25 @@ pub async fn tenant_owned_tables(config: &StoreConfig) -> Result<Vec<String>> {
             .await?)
         }
     }
+}
+
+/// Runs SQL (one or more statements) with the owner's rights — no
+/// row-level security, no application role: for tests that tamper with
+/// stored rows as someone with database access would. Returns the rows
+/// changed.
+pub async fn execute_as_owner(config: &StoreConfig, sql: &str) -> Result<u64> {
+    use sqlx::Connection;
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    let done = match &config.database_url {
+        Some(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            sqlx::raw_sql(sql).execute(&mut conn).await?.rows_affected()
+        }
+        None => {
+            let path = config.data_dir.join("bulkhead.db");
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+            sqlx::raw_sql(sql).execute(&mut conn).await?.rows_affected()
+        }
+    };
+    Ok(done)
 }

@@ -81,6 +81,9 @@ async fn plant_everything(store: &DynStore, ctx: &TenantCtx) {
     let run = store.create_run(ctx, thread.id, agent.id, 2, &json!({}), 10).await.unwrap();
     store.add_message(ctx, thread.id, "assistant", "hello", &json!({}), Some(run.id)).await.unwrap();
     store.add_step(ctx, run.id, "model_call", &json!({"tokens": 3})).await.unwrap();
+    crate::knowledge_tests::plant_knowledge(store, ctx).await;
+    // The tenant's audit chain (entries and head).
+    store.append_audit(crate::AuditChain::Tenant(ctx), &audit_entry("config.updated")).await.unwrap();
 }
 
 /// A fresh agent (version 1) and a thread with one user message.
@@ -1018,4 +1021,208 @@ async fn agents_threads_and_runs_are_invisible_across_tenants() {
         assert_eq!(store.recent_messages(&a, thread.id, 10).await.unwrap(), vec![msg]);
     })
     .await;
+}
+
+fn audit_entry(action: &str) -> crate::NewAuditEntry {
+    crate::NewAuditEntry {
+        actor: "cli".into(),
+        via_operator: true,
+        action: action.into(),
+        target: "limits".into(),
+        outcome: "success".into(),
+        details: json!({"z": 1, "a": {"b": [true, null]}}),
+    }
+}
+
+#[tokio::test]
+async fn audit_chains_link_their_entries_and_stay_apart() {
+    use crate::audit::{GENESIS_HASH, PLATFORM_CHAIN};
+    use crate::{AuditChain, AuditQuery};
+    each_backend(|store, _| async move {
+        let (a, b) = two_tenants(&store).await;
+        let op = OperatorCtx::local_cli();
+        assert_eq!(store.audit_head(AuditChain::Tenant(&a)).await.unwrap(), None);
+        let mut appended = Vec::new();
+        for action in ["key.created", "key.revoked", "config.updated"] {
+            appended.push(store.append_audit(AuditChain::Tenant(&a), &audit_entry(action)).await.unwrap());
+        }
+        store.append_audit(AuditChain::Tenant(&b), &audit_entry("secret.put")).await.unwrap();
+        let p = store.append_audit(AuditChain::Platform(&op), &audit_entry("tenant.created")).await.unwrap();
+        assert_eq!((p.chain.as_str(), p.seq, p.prev_hash.as_str()), (PLATFORM_CHAIN, 1, GENESIS_HASH));
+
+        let listed = store
+            .list_audit(AuditChain::Tenant(&a), &AuditQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(listed, appended, "read back exactly as appended (and hashed)");
+        assert_eq!(listed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(listed[0].prev_hash, GENESIS_HASH);
+        for pair in listed.windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash);
+        }
+        for e in &listed {
+            assert_eq!(e.computed_hash(), e.hash);
+            assert_eq!(e.chain, a.tenant_id().to_string());
+            assert_eq!(e.details, r#"{"a":{"b":[true,null]},"z":1}"#, "canonical JSON");
+        }
+        let head = store.audit_head(AuditChain::Tenant(&a)).await.unwrap().unwrap();
+        assert_eq!((head.last_seq, head.last_hash.as_str()), (3, listed[2].hash.as_str()));
+        // Filters.
+        let q = AuditQuery { action_prefix: Some("key.".into()), limit: 100, ..Default::default() };
+        assert_eq!(store.list_audit(AuditChain::Tenant(&a), &q).await.unwrap().len(), 2);
+        // `_` is not a wildcard.
+        let q = AuditQuery { action_prefix: Some("key_".into()), limit: 100, ..Default::default() };
+        assert!(store.list_audit(AuditChain::Tenant(&a), &q).await.unwrap().is_empty());
+        let q = AuditQuery { after: 1, limit: 1, ..Default::default() };
+        assert_eq!(store.list_audit(AuditChain::Tenant(&a), &q).await.unwrap()[0].seq, 2);
+        let q = AuditQuery { since: Some(listed[2].at), limit: 100, ..Default::default() };
+        assert!(
+            store.list_audit(AuditChain::Tenant(&a), &q).await.unwrap().iter().all(|e| e.at >= listed[2].at)
+        );
+        // B's chain is its own, and neither sees the platform's.
+        let b_entries = store
+            .list_audit(AuditChain::Tenant(&b), &AuditQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(
+            b_entries.iter().map(|e| (e.seq, e.action.as_str())).collect::<Vec<_>>(),
+            vec![(1, "secret.put")]
+        );
+        let platform = store
+            .list_audit(AuditChain::Platform(&op), &AuditQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(platform.len(), 1);
+        // Bad entries are refused before anything is written.
+        let bad = crate::NewAuditEntry { action: "Bad Action".into(), ..audit_entry("x") };
+        assert!(matches!(
+            store.append_audit(AuditChain::Tenant(&a), &bad).await,
+            Err(StoreError::Invalid(_))
+        ));
+        // An entry for a tenant that does not exist is refused.
+        let ghost = op.act_for(bulkhead_core::TenantId::new());
+        assert!(matches!(
+            store.append_audit(AuditChain::Tenant(&ghost), &audit_entry("x.y")).await,
+            Err(StoreError::NotFound("tenant"))
+        ));
+        assert_eq!(store.audit_head(AuditChain::Tenant(&a)).await.unwrap().unwrap().last_seq, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_audit_appends_take_each_seq_once() {
+    use crate::{AuditChain, AuditQuery};
+    each_backend(|store, _| async move {
+        let (a, _) = two_tenants(&store).await;
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (store, a) = (store.clone(), a.clone());
+            tasks.push(tokio::spawn(async move {
+                store.append_audit(AuditChain::Tenant(&a), &audit_entry("tool.called")).await.unwrap().seq
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=50).collect::<Vec<i64>>());
+        let entries = store
+            .list_audit(AuditChain::Tenant(&a), &AuditQuery { limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        for pair in entries.windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash);
+        }
+    })
+    .await;
+}
+
+/// The application role may read and append audit entries, never change
+/// or remove them — whatever scope its transaction declares.
+#[tokio::test]
+async fn postgres_app_role_cannot_update_or_delete_audit_entries() {
+    let Some(_) = crate::testing::pg_admin_url() else {
+        eprintln!("PostgreSQL deliberately skipped ({})", crate::testing::SKIP_PG_ENV);
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = fresh_config("postgres", dir.path()).await.unwrap();
+    let url = config.database_url.clone().unwrap();
+    let store = crate::postgres::PgStore::connect(&url, &config.app_role, 4).await.unwrap();
+    let dyn_store: DynStore = std::sync::Arc::new(store.clone());
+    let op = OperatorCtx::local_cli();
+    let (a, _) = two_tenants(&dyn_store).await;
+    dyn_store.append_audit(crate::AuditChain::Tenant(&a), &audit_entry("key.created")).await.unwrap();
+    dyn_store.append_audit(crate::AuditChain::Platform(&op), &audit_entry("tenant.created")).await.unwrap();
+
+    let pool = store.pool();
+    for scope in [("app.tenant_id", a.tenant_id().to_string()), ("app.platform", "on".to_owned())] {
+        for sql in [
+            "UPDATE audit_entries SET target = 'forged'",
+            "DELETE FROM audit_entries",
+            "TRUNCATE audit_entries",
+            "UPDATE platform_audit_entries SET target = 'forged'",
+            "DELETE FROM platform_audit_entries",
+            "TRUNCATE platform_audit_entries",
+        ] {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(scope.0)
+                .bind(&scope.1)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let err = sqlx::query(sql).execute(&mut *tx).await.expect_err(sql);
+            assert!(err.to_string().contains("permission denied"), "{sql}: {err}");
+            tx.rollback().await.unwrap();
+        }
+    }
+    // The platform chain is invisible, and closed to appends, in a tenant's scope.
+    for table in ["platform_audit_entries", "platform_audit_head"] {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(a.tenant_id().to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table} visible to a tenant");
+        tx.rollback().await.unwrap();
+    }
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(a.tenant_id().to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let forged = sqlx::query(
+        "INSERT INTO platform_audit_entries (seq, at, actor, via_operator, action, target, outcome, details,
+                                             prev_hash, hash)
+         VALUES (2, 0, 'cli', false, 'x.y', '', 'success', '{}', '', '')",
+    )
+    .execute(&mut *tx)
+    .await;
+    let err = forged.expect_err("a tenant scope cannot append to the platform chain");
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    tx.rollback().await.unwrap();
+
+    let mut owner = sqlx::PgConnection::connect(&url).await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_entries").fetch_one(&mut owner).await.unwrap();
+    assert_eq!(n, 1, "nothing was changed");
+    // Deleting the tenant still removes its chain (the cascade runs with the owner's rights).
+    dyn_store.delete_tenant(&op, a.tenant_id()).await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_entries").fetch_one(&mut owner).await.unwrap();
+    assert_eq!(n, 0);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM platform_audit_entries")
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the platform chain outlives the tenant");
 }

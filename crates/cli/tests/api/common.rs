@@ -110,6 +110,9 @@ impl TestServer {
         config.listen = addr;
         let shutdown = CancellationToken::new();
         full.models.master_key = Some(bulkhead_vault::MasterKey::generate().to_base64());
+        if full.knowledge.model_dir.is_none() {
+            full.knowledge.model_dir = minilm_dir();
+        }
         let services = bulkhead_server::bootstrap::services(&full, Arc::clone(&store)).await.unwrap();
         let state = AppState::new(services, config);
         tokio::spawn(bulkhead_server::serve(listener, state, shutdown.clone()));
@@ -188,10 +191,36 @@ impl TestServer {
         }
     }
 
+    /// Waits (up to 60 s) until a document's ingestion has finished; returns
+    /// the document, which must be `ready`.
+    pub async fn wait_document(&self, key: &str, kb: &str, doc: &str) -> Value {
+        assert!(
+            minilm_dir().is_some(),
+            "ingestion needs the embedding model: BULKHEAD_MINILM_DIR=$(bash scripts/models.sh | tail -n 1)"
+        );
+        let path = format!("/v1/knowledge-bases/{kb}/documents/{doc}");
+        for _ in 0..600 {
+            let d = self.get(&path, key).await;
+            let d = d.expect(200).clone();
+            match d["status"].as_str() {
+                Some("ready") => return d,
+                Some("failed") => panic!("ingestion failed: {d}"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        panic!("ingestion of {doc} did not finish within 60 s");
+    }
+
     /// Every stored row, as text, read with the owner's rights.
     pub async fn stored_rows(&self) -> Vec<(String, String)> {
         bulkhead_store::testing::dump_all_rows(&self.store_config).await.unwrap()
     }
+}
+
+/// The embedding model's directory (`BULKHEAD_MINILM_DIR`, set by
+/// `scripts/test.sh`). Tests that ingest documents need it.
+pub fn minilm_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("BULKHEAD_MINILM_DIR").map(Into::into)
 }
 
 /// A unique marker to plant in a tenant's data and look for elsewhere.

@@ -100,6 +100,38 @@ fn probes() -> Vec<Probe> {
         probe(Method::GET, "/v1/runs/{a_run}/steps", NotFound),
         probe(Method::GET, "/v1/runs/{a_run}/events", NotFound),
         with_body(Method::POST, "/v1/runs/{a_run}/cancel", json!({}), NotFound),
+        // The audit log: B's own chain only; A's is not reachable (X-Tenant-ID
+        // with a tenant key is refused for every probe below), nor the platform's.
+        probe(Method::GET, "/v1/audit", Own),
+        probe(Method::GET, "/v1/audit?limit=500&action=key.", Own),
+        probe(Method::GET, "/v1/audit/verify", Own),
+        // Knowledge bases, documents, search, embeddings.
+        probe(Method::GET, "/v1/knowledge-bases", Own),
+        probe(Method::GET, "/v1/knowledge-bases/{a_kb}", NotFound),
+        probe(Method::DELETE, "/v1/knowledge-bases/{a_kb}", NotFound),
+        probe(Method::GET, "/v1/knowledge-bases/{a_kb}/documents", NotFound),
+        with_body(
+            Method::POST,
+            "/v1/knowledge-bases/{a_kb}/documents",
+            json!({"name": "planted-by-b.txt", "content": "b was here"}),
+            NotFound,
+        ),
+        probe(Method::GET, "/v1/knowledge-bases/{a_kb}/documents/{a_doc}", NotFound),
+        probe(Method::DELETE, "/v1/knowledge-bases/{a_kb}/documents/{a_doc}", NotFound),
+        with_body(
+            Method::POST,
+            "/v1/knowledge-bases/{a_kb}/search",
+            json!({"query": "{a_kb_canary}"}),
+            NotFound,
+        ),
+        with_body(
+            Method::POST,
+            "/v1/agents",
+            json!({"name": "thief", "spec": {"tools": ["knowledge_search"], "knowledge_bases": ["{a_kb}"]}}),
+            Refused,
+        ),
+        with_body(Method::POST, "/v1/embeddings", json!({"model": "{a_alias}", "input": "x"}), Refused),
+        with_body(Method::POST, "/v1/embeddings", json!({"model": "task:embedding", "input": "hello"}), Own),
         // A's alias means nothing to B.
         with_body(Method::POST, "/v1/chat/completions", say("{a_alias}"), Refused),
         with_body(Method::POST, "/v1/chat/completions", say("builtin/scripted"), Own),
@@ -113,6 +145,9 @@ struct Victim {
     agent: String,
     thread: String,
     run: String,
+    kb: String,
+    doc: String,
+    kb_canary: String,
 }
 
 /// Puts a canary into every piece of A's data that exists. Returns A's ids
@@ -186,6 +221,17 @@ async fn plant(server: &TestServer) -> (Victim, Vec<String>) {
     assert_eq!(run["status"], "completed", "{run}");
     let run_id = run["id"].as_str().unwrap().to_owned();
 
+    // A knowledge base with a canary document, ingested.
+    let kb_canary = canary("knowledge");
+    let kb = server
+        .post("/v1/knowledge-bases", &a.admin_key, json!({"name": "a-kb", "description": kb_canary}))
+        .await;
+    let kb_id = kb.expect(201)["id"].as_str().unwrap().to_owned();
+    let doc = json!({"name": "a-secrets.md", "content": format!("# Vault\n\nThe code word is {kb_canary}.")});
+    let doc = server.post(&format!("/v1/knowledge-bases/{kb_id}/documents"), &a.admin_key, doc).await;
+    let doc_id = doc.expect(202)["id"].as_str().unwrap().to_owned();
+    server.wait_document(&a.admin_key, &kb_id, &doc_id).await;
+
     // Everything that identifies A is as secret from B as its content.
     let canaries = vec![
         tenant_canary,
@@ -205,8 +251,21 @@ async fn plant(server: &TestServer) -> (Victim, Vec<String>) {
         agent_id.clone(),
         thread_id.clone(),
         run_id.clone(),
+        kb_canary.clone(),
+        kb_id.clone(),
+        doc_id.clone(),
     ];
-    (Victim { tenant: a, alias, agent: agent_id, thread: thread_id, run: run_id }, canaries)
+    let victim = Victim {
+        tenant: a,
+        alias,
+        agent: agent_id,
+        thread: thread_id,
+        run: run_id,
+        kb: kb_id,
+        doc: doc_id,
+        kb_canary,
+    };
+    (victim, canaries)
 }
 
 fn fill(text: &str, v: &Victim) -> String {
@@ -217,6 +276,9 @@ fn fill(text: &str, v: &Victim) -> String {
         .replace("{a_agent}", &v.agent)
         .replace("{a_thread}", &v.thread)
         .replace("{a_run}", &v.run)
+        .replace("{a_kb_canary}", &v.kb_canary)
+        .replace("{a_kb}", &v.kb)
+        .replace("{a_doc}", &v.doc)
 }
 
 async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
@@ -273,10 +335,13 @@ async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
         budget["monthly_limit_usd"].is_null() && budget["alerts"].as_array().unwrap().is_empty(),
         "{budget}"
     );
-    // B's spend is only its own probe's call to the scripted model.
+    // B's usage is only its own probes' calls to the scripted and embedding models.
     let usage = server.get("/v1/usage?group_by=model", &b.admin_key).await;
     let rows = usage.expect(200)["data"].as_array().unwrap().clone();
-    assert!(rows.iter().all(|r| r["model"] == "builtin/scripted"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["model"] == "builtin/scripted" || r["model"] == "builtin/all-minilm-l6-v2"),
+        "{rows:?}"
+    );
 
     // A is untouched: its keys still work and are not revoked.
     let keys = server.get("/v1/keys", &a.admin_key).await;

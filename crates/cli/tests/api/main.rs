@@ -5,10 +5,12 @@
 mod common;
 
 mod agents;
+mod audit;
 mod auth;
 mod bad_input;
 mod binary;
 mod cross_tenant;
 mod gateway;
+mod knowledge;
 mod tenants;
 mod usage;

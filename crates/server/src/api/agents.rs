@@ -44,7 +44,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(run_events))
 }
 
-fn rfc3339(at: OffsetDateTime) -> String {
+pub(super) fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
@@ -85,7 +85,7 @@ fn step_json(s: &RunStep) -> Value {
     json!({"seq": s.seq, "run_id": s.run_id, "kind": s.kind, "data": s.data, "created_at": rfc3339(s.created_at)})
 }
 
-fn list_json<T>(
+pub(super) fn list_json<T>(
     page: bulkhead_core::page::Page<T>,
     id: impl Fn(&T) -> uuid::Uuid,
     view: impl Fn(&T) -> Value,
@@ -125,6 +125,12 @@ async fn checked_spec(state: &AppState, ctx: &TenantCtx, raw: &Value) -> ApiResu
     for tool in &spec.tools {
         if state.scheduler.runner().tools.get(tool).is_none() {
             return Err(ApiError::new(Code::InvalidRequest, format!("no tool named `{tool}`")));
+        }
+    }
+    for kb in &spec.knowledge_bases {
+        // Only the tenant's own: another tenant's id reads as unknown.
+        if state.knowledge.get_kb(ctx, bulkhead_core::KbId::from_uuid(*kb)).await.is_err() {
+            return Err(ApiError::new(Code::InvalidRequest, format!("no knowledge base {kb}")));
         }
     }
     let terms = state.metering.terms(ctx).await?;

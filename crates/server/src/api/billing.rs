@@ -1,11 +1,14 @@
 //! What a tenant may spend and use: budgets (`/v1/tenants/{id}/budget`,
 //! `/v1/budget`), limits (`/v1/tenants/{id}/limits`, `/v1/limits`) and
 //! pricing (`/v1/tenants/{id}/pricing`). The operator sets them; a tenant
-//! reads its own.
+//! reads its own. Every change is audited in the tenant's chain
+//! (`config.updated`, target `budget`, `limits` or `pricing`, with the new
+//! values).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use bulkhead_audit::{AuditEvent, action};
 use bulkhead_core::{Code, Money, TenantCtx};
 use bulkhead_limits::TenantLimits;
 use bulkhead_metering::TenantPricing;
@@ -158,6 +161,12 @@ async fn set_budget(
     };
     state.store.set_budget(&ctx, Some(&budget)).await?;
     tracing::info!(tenant = %ctx.tenant_id(), "budget set");
+    let details = serde_json::json!({
+        "monthly_limit_usd": budget.monthly_limit,
+        "daily_limit_usd": budget.daily_limit,
+        "soft_alert_percent": budget.soft_alert_percent,
+    });
+    state.audit.record(&ctx, AuditEvent::new(action::CONFIG_UPDATED, "budget").details(details)).await;
     budget_view(&state, &ctx).await
 }
 
@@ -171,6 +180,9 @@ async fn delete_budget(
 ) -> ApiResult<StatusCode> {
     let ctx = act_for(&state, &op, &id).await?;
     state.store.set_budget(&ctx, None).await?;
+    let event =
+        AuditEvent::new(action::CONFIG_UPDATED, "budget").details(serde_json::json!({"budget": null}));
+    state.audit.record(&ctx, event).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -228,6 +240,9 @@ async fn set_limits(
     let value = serde_json::to_value(body).map_err(|e| ApiError(bulkhead_core::Error::internal(e)))?;
     state.store.set_tenant_limits(&ctx, &value).await?;
     tracing::info!(tenant = %ctx.tenant_id(), "limits set");
+    let event =
+        AuditEvent::new(action::CONFIG_UPDATED, "limits").details(serde_json::json!({"limits": value}));
+    state.audit.record(&ctx, event).await;
     limits_view(&state, &ctx).await
 }
 
@@ -277,5 +292,8 @@ async fn set_pricing(
     let value = serde_json::to_value(&pricing).map_err(|e| ApiError(bulkhead_core::Error::internal(e)))?;
     state.store.set_tenant_pricing(&ctx, &value).await?;
     state.metering.forget_terms(&ctx);
+    let event =
+        AuditEvent::new(action::CONFIG_UPDATED, "pricing").details(serde_json::json!({"pricing": value}));
+    state.audit.record(&ctx, event).await;
     Ok(Json(pricing))
 }

@@ -1,11 +1,14 @@
 //! API keys: a tenant admin's own keys (`/v1/keys`), the operator's view of
 //! a tenant's keys (`/v1/tenants/{id}/keys`), and operator keys
 //! (`/v1/operator-keys`). A key's secret appears in exactly one response:
-//! the one that creates it.
+//! the one that creates it. Creation and revocation are audited — tenant
+//! keys in the tenant's chain, operator keys in the platform's — by id,
+//! name and visible prefix, never the secret.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use bulkhead_audit::{AuditEvent, action};
 use bulkhead_core::keys::{self, KeyKind};
 use bulkhead_core::tenancy::Scope;
 use bulkhead_core::{KeyId, OperatorCtx, TenantCtx, TenantId};
@@ -113,12 +116,25 @@ fn key_list(page: bulkhead_core::page::Page<ApiKey>) -> List<KeyView> {
     List::from_page(page, |k| k.id.as_uuid(), KeyView::from)
 }
 
+/// An audit event about a key: what identifies it, nothing that opens it.
+fn key_event(name: &str, key: &ApiKey) -> AuditEvent {
+    let expires_at =
+        key.expires_at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok());
+    AuditEvent::new(name, format!("key:{}", key.id)).details(serde_json::json!({
+        "name": key.name,
+        "prefix": key.prefix,
+        "scope": key.scope.map(|s| s.as_str()),
+        "expires_at": expires_at,
+    }))
+}
+
 async fn create_for(state: &AppState, ctx: &TenantCtx, body: CreateKey) -> ApiResult<Created<CreatedKey>> {
     let expires_at = body.checked_expiry()?;
     let scope = body.scope.unwrap_or(Scope::TenantApp);
     let new = keys::generate(KeyKind::Tenant);
     let key = state.store.create_tenant_key(ctx, &body.name, scope, &new, expires_at).await?;
     tracing::info!(key = %key.id, prefix = %key.prefix, scope = scope.as_str(), "tenant key created");
+    state.audit.record(ctx, key_event(action::KEY_CREATED, &key)).await;
     Ok((StatusCode::CREATED, Json(CreatedKey { key: key.into(), secret: new.secret })))
 }
 
@@ -170,6 +186,7 @@ async fn revoke_own_key(
     let id: KeyId = parse_id(&id, "key")?;
     let key = state.store.revoke_tenant_key(&ctx, id).await?;
     tracing::info!(key = %id, "tenant key revoked");
+    state.audit.record(&ctx, key_event(action::KEY_REVOKED, &key)).await;
     Ok(Json(key.into()))
 }
 
@@ -217,7 +234,9 @@ async fn revoke_tenant_key(
 ) -> ApiResult<Json<KeyView>> {
     let ctx = act_for(&state, &op, &tenant).await?;
     let id = parse_id(&key, "key")?;
-    Ok(Json(state.store.revoke_tenant_key(&ctx, id).await?.into()))
+    let key = state.store.revoke_tenant_key(&ctx, id).await?;
+    state.audit.record(&ctx, key_event(action::KEY_REVOKED, &key)).await;
+    Ok(Json(key.into()))
 }
 
 /// Create an operator key.
@@ -236,6 +255,7 @@ async fn create_operator_key(
     let new = keys::generate(KeyKind::Operator);
     let key = state.store.create_operator_key(&op, &body.name, &new, expires_at).await?;
     tracing::info!(key = %key.id, prefix = %key.prefix, "operator key created");
+    state.audit.record_platform(&op, key_event(action::OPERATOR_KEY_CREATED, &key)).await;
     Ok((StatusCode::CREATED, Json(CreatedKey { key: key.into(), secret: new.secret })))
 }
 
@@ -260,5 +280,7 @@ async fn revoke_operator_key(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<KeyView>> {
     let id = parse_id(&id, "key")?;
-    Ok(Json(state.store.revoke_operator_key(&op, id).await?.into()))
+    let key = state.store.revoke_operator_key(&op, id).await?;
+    state.audit.record_platform(&op, key_event(action::OPERATOR_KEY_REVOKED, &key)).await;
+    Ok(Json(key.into()))
 }

@@ -13,9 +13,11 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 
 pub mod agents;
+pub mod audit;
 pub mod billing;
 pub mod health;
 pub mod keys;
+pub mod knowledge;
 pub mod model_config;
 pub mod openai;
 pub mod tenants;
@@ -42,6 +44,8 @@ pub mod usage;
         (name = "agents", description = "Agent definitions (versioned)"),
         (name = "threads", description = "Conversation threads and messages"),
         (name = "runs", description = "Agent runs: queued, executed, streamed"),
+        (name = "audit", description = "The tamper-evident audit log: entries and verification"),
+        (name = "knowledge", description = "Knowledge bases: documents, ingestion, hybrid search"),
     )
 )]
 pub struct ApiDoc;
@@ -68,6 +72,8 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(model_config::routes())
         .merge(openai::routes())
         .merge(agents::routes())
+        .merge(audit::routes())
+        .merge(knowledge::routes())
 }
 
 pub async fn not_found() -> ApiError {

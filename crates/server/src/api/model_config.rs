@@ -2,10 +2,14 @@
 //! fallbacks (`/v1/model-config`), the operator's allow list
 //! (`/v1/tenants/{id}/models`), and the tenant's own provider keys
 //! (`/v1/provider-keys`, write-only: names and dates come back, never values).
+//! Changes are audited in the tenant's chain: `config.updated` (target
+//! `model_config` or `allowed_models`) and `secret.put` / `secret.deleted`
+//! for provider keys — by provider name only.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use bulkhead_audit::{AuditEvent, action};
 use bulkhead_core::{Code, TenantCtx};
 use bulkhead_models::routing::ModelSettings;
 use bulkhead_vault::{SecretInfo, SecretKind};
@@ -89,6 +93,10 @@ async fn set_model_config(
     settings.aliases = body.aliases;
     settings.fallbacks = body.fallbacks;
     save(&state, &ctx, &settings).await?;
+    let details = serde_json::json!({
+        "tasks": settings.tasks, "aliases": settings.aliases, "fallbacks": settings.fallbacks,
+    });
+    state.audit.record(&ctx, AuditEvent::new(action::CONFIG_UPDATED, "model_config").details(details)).await;
     Ok(Json(view(settings)))
 }
 
@@ -126,6 +134,11 @@ async fn set_allowed_models(
     let mut settings = load(&state, &ctx).await?;
     settings.allowed = body.allowed;
     save(&state, &ctx, &settings).await?;
+    let details = serde_json::json!({"allowed": settings.allowed});
+    state
+        .audit
+        .record(&ctx, AuditEvent::new(action::CONFIG_UPDATED, "allowed_models").details(details))
+        .await;
     Ok(Json(AllowedModels { allowed: settings.allowed }))
 }
 
@@ -201,6 +214,7 @@ async fn put_provider_key(
     }
     let info = state.vault.put(&ctx, SecretKind::ProviderKey, &provider, body.api_key.trim()).await?;
     tracing::info!(tenant = %ctx.tenant_id(), %provider, "provider key stored");
+    state.audit.record(&ctx, provider_key_event(action::SECRET_PUT, &provider)).await;
     Ok(Json(info.into()))
 }
 
@@ -213,8 +227,15 @@ async fn delete_provider_key(
     ApiPath(provider): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     if state.vault.delete(&ctx, SecretKind::ProviderKey, &provider).await? {
+        state.audit.record(&ctx, provider_key_event(action::SECRET_DELETED, &provider)).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(Code::NotFound, "no key stored for that provider"))
     }
+}
+
+/// An audit event about a provider key: which provider, never the key.
+fn provider_key_event(name: &str, provider: &str) -> AuditEvent {
+    AuditEvent::new(name, format!("provider_key:{provider}"))
+        .details(serde_json::json!({"kind": "provider_key", "name": provider}))
 }

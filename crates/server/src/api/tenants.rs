@@ -1,8 +1,11 @@
 //! Operator: tenants (`/v1/tenants`) and a tenant's own view (`/v1/tenant`).
+//! Each change is audited in the platform chain and, while the tenant
+//! exists, in its own (names and tiers only; metadata stays out).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use bulkhead_audit::{AuditEvent, action};
 use bulkhead_core::tenancy::TenantStatus;
 use bulkhead_core::{TenantId, Tier};
 use bulkhead_store::{NewTenant, Tenant, TenantPatch};
@@ -102,6 +105,9 @@ async fn create_tenant(
     };
     let tenant = state.store.create_tenant(&op, new).await?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "tenant created");
+    let event = AuditEvent::new(action::TENANT_CREATED, target(tenant.id))
+        .details(serde_json::json!({"name": tenant.name, "tier": tenant.tier.as_str()}));
+    state.audit.record_tenant_lifecycle(&op, tenant.id, event).await;
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
@@ -142,8 +148,26 @@ async fn update_tenant(
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> ApiResult<Json<TenantView>> {
     let id = parse_id(&id, "tenant")?;
+    let before = state.store.get_tenant(&op, id).await?;
+    let metadata_changed = body.metadata.is_some();
     let patch = TenantPatch { name: body.name, tier: body.tier, status: None, metadata: body.metadata };
-    Ok(Json(state.store.update_tenant(&op, id, patch).await?.into()))
+    let after = state.store.update_tenant(&op, id, patch).await?;
+    if after.tier != before.tier {
+        let event = AuditEvent::new(action::TENANT_TIER_CHANGED, target(id))
+            .details(serde_json::json!({"from": before.tier.as_str(), "to": after.tier.as_str()}));
+        state.audit.record_tenant_lifecycle(&op, id, event).await;
+    }
+    if after.name != before.name || metadata_changed {
+        let event = AuditEvent::new(action::TENANT_UPDATED, target(id)).details(serde_json::json!({
+            "name": after.name, "previous_name": before.name, "metadata_changed": metadata_changed,
+        }));
+        state.audit.record_tenant_lifecycle(&op, id, event).await;
+    }
+    Ok(Json(after.into()))
+}
+
+fn target(id: TenantId) -> String {
+    format!("tenant:{id}")
 }
 
 /// Delete a tenant and all of its data.
@@ -156,8 +180,13 @@ async fn delete_tenant(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let id: TenantId = parse_id(&id, "tenant")?;
+    let tenant = state.store.get_tenant(&op, id).await?;
     state.store.delete_tenant(&op, id).await?;
     tracing::info!(tenant = %id, "tenant deleted");
+    // The tenant's own chain went with it; the platform's keeps the record.
+    let event = AuditEvent::new(action::TENANT_DELETED, target(id))
+        .details(serde_json::json!({"name": tenant.name, "tier": tenant.tier.as_str()}));
+    state.audit.record_platform(&op, event).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -171,6 +200,12 @@ async fn set_status(
     let patch = TenantPatch { status: Some(status), ..Default::default() };
     let tenant = state.store.update_tenant(op, id, patch).await?;
     tracing::info!(tenant = %id, status = status.as_str(), "tenant status changed");
+    let name = match status {
+        TenantStatus::Suspended => action::TENANT_SUSPENDED,
+        TenantStatus::Active => action::TENANT_RESUMED,
+    };
+    let event = AuditEvent::new(name, target(id)).details(serde_json::json!({"name": tenant.name}));
+    state.audit.record_tenant_lifecycle(op, id, event).await;
     Ok(Json(tenant.into()))
 }
 

@@ -23,6 +23,8 @@ use crate::sqlite::now;
 use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
 mod agents;
+mod audit;
+mod knowledge;
 mod secrets;
 mod usage;
 
@@ -212,6 +214,9 @@ async fn setup_app_role(owner: &mut PgConnection, role: &str) -> Result<()> {
         format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"),
         format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}"),
         format!("REVOKE ALL ON _sqlx_migrations FROM {role}"),
+        // The audit log is append-only for the application (tenant deletion
+        // still cascades: referential actions run with the owner's rights).
+        format!("REVOKE UPDATE, DELETE, TRUNCATE ON audit_entries, platform_audit_entries FROM {role}"),
     ];
     for sql in statements {
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *owner).await?;
@@ -328,6 +333,8 @@ impl TenantStore for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("tenant"));
         }
+        // Its knowledge partition is empty now; drop the table too.
+        sqlx::query("SELECT bulkhead_kb_drop_partition($1)").bind(id.as_uuid()).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }

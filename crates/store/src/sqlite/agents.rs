@@ -116,7 +116,7 @@ fn step_from_row(row: &SqliteRow) -> Result<RunStep> {
 }
 
 impl SqliteStore {
-    async fn immediate(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(super) async fn immediate(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 

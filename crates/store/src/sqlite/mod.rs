@@ -24,6 +24,8 @@ use crate::model::{ApiKey, NewTenant, Tenant, TenantPatch, validate_key_name};
 use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
 mod agents;
+mod audit;
+mod knowledge;
 mod secrets;
 mod usage;
 

@@ -4,8 +4,11 @@
 # Builds the binary, starts `bulkhead serve` on a scratch data directory and
 # walks through the API with curl: an operator creates two tenants and their
 # keys, each tenant calls as itself, and one tenant's guess at the other's
-# ids gets 404. Stops the server at the end. (Until `bulkhead demo` lands,
-# this walk-through is the main job.)
+# ids gets 404; a knowledge base is filled and searched with the offline
+# embedding model; code runs in the sandbox once the operator allows it.
+# Stops the server at the end. (Until `bulkhead demo` lands, this
+# walk-through is the main job.) It installs what it needs: the embedding
+# model (scripts/models.sh) and the sandbox (scripts/sandbox.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +27,11 @@ else
     cargo build --locked --bin bulkhead
     bin=target/debug/bulkhead
 fi
+
+step "the offline embedding model and the code sandbox"
+BULKHEAD_MINILM_DIR=$(bash scripts/models.sh | tail -n 1)
+export BULKHEAD_MINILM_DIR
+bash scripts/sandbox.sh
 
 data=$(mktemp -d /tmp/bulkhead-quickstart.XXXXXX)
 log="$data/serve.log"
@@ -88,5 +96,29 @@ echo "GET /v1/tenant without a key -> $code"; [ "$code" = 401 ]
 
 step "the operator lists tenants"
 call GET /v1/tenants "$OP" >/dev/null
+
+step "acme fills a knowledge base and searches it"
+KB=$(call POST /v1/knowledge-bases "$ACME_KEY" '{"name":"handbook"}' | field id)
+DOC=$(call POST "/v1/knowledge-bases/$KB/documents" "$ACME_KEY" \
+  '{"name":"wifi.md","content":"# Office\n\nThe guest wifi network is called acme-guest and its password is on the fridge."}' | field id)
+for _ in $(seq 1 100); do
+    status=$(call GET "/v1/knowledge-bases/$KB/documents/$DOC" "$ACME_KEY" 2>/dev/null | field status)
+    [ "$status" = ready ] && break
+    sleep 0.2
+done
+[ "$status" = ready ]
+hits=$(call POST "/v1/knowledge-bases/$KB/search" "$ACME_KEY" '{"query":"what is the wifi called?","k":1}')
+[[ "$hits" == *acme-guest* ]]
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$api/v1/knowledge-bases/$KB/search" \
+  -H "Authorization: Bearer $GLOBEX_KEY" -H 'Content-Type: application/json' -d '{"query":"wifi"}')
+echo "POST /v1/knowledge-bases/$KB/search as globex -> $code"; [ "$code" = 404 ]
+
+step "code execution: refused until the operator enables it for acme"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$api/v1/sandbox/executions" \
+  -H "Authorization: Bearer $ACME_KEY" -H 'Content-Type: application/json' -d '{"language":"python","code":"print(1)"}')
+echo "POST /v1/sandbox/executions (disabled) -> $code"; [ "$code" = 403 ]
+call PUT "/v1/tenants/$ACME/sandbox" "$OP" '{"enabled":true,"languages":["python"]}' >/dev/null
+[ "$(call POST /v1/sandbox/executions "$ACME_KEY" '{"language":"python","code":"print(sum(range(10)))"}' | field stdout)" = 45 ]
+call GET "/v1/audit?action=sandbox." "$ACME_KEY" >/dev/null
 
 step "done: the walk-through passed"

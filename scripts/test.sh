@@ -18,6 +18,9 @@ if ! command -v curl >/dev/null; then
     apt-get update -qq && apt-get install -y -qq curl >/dev/null
 fi
 
+log "the code sandbox (bubblewrap, the user bulkhead-sbx)"
+bash scripts/sandbox.sh
+
 pgdir=$(mktemp -d /tmp/bulkhead-pg.XXXXXX)
 redisdir=$(mktemp -d /tmp/bulkhead-redis.XXXXXX)
 cleanup() {
@@ -52,3 +55,6 @@ cargo test --workspace --locked "$@"
 
 log "README main job: scripts/quickstart.sh (with the binary the tests built)"
 BULKHEAD_BIN=target/debug/bulkhead bash scripts/quickstart.sh
+
+log "the web console in headless Chromium: scripts/console-test.sh (screenshots in target/console-artifacts/)"
+BULKHEAD_BIN=target/debug/bulkhead bash scripts/console-test.sh

@@ -8,17 +8,21 @@
 //! metering with the run's and agent's ids.
 
 pub mod calls;
+pub mod code;
 pub mod events;
 pub mod knowledge_tool;
 pub mod metrics;
 pub mod runner;
 pub mod scheduler;
 pub mod spec;
+pub mod tenant_tools;
 pub mod tools;
 
+pub use code::{Caller, CodeRunner, RunCode};
 pub use events::{EventHub, RunEvent};
 pub use knowledge_tool::KnowledgeSearch;
 pub use runner::{Outcome, Runner};
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use spec::AgentSpec;
-pub use tools::{Tool, ToolCtx, ToolRegistry};
+pub use tenant_tools::{RunTools, TenantTools};
+pub use tools::{Tool, ToolCtx, ToolOutcome, ToolRegistry};

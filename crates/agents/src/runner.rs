@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use crate::calls::CallTags;
 use crate::events::{EventHub, RunEvent};
 use crate::spec::AgentSpec;
+use crate::tenant_tools::{RunTools, TenantTools};
 use crate::tools::{ToolCtx, ToolRegistry};
 
 /// What the loop needs.
@@ -34,6 +35,9 @@ pub struct Runner {
     pub metering: Metering,
     pub models: Arc<ModelRouter>,
     pub tools: ToolRegistry,
+    /// The tenant's own tools (HTTP, MCP, `http_request`) and the gate
+    /// every tool call passes: permissions, limits, metering, audit.
+    pub tenant_tools: TenantTools,
     pub events: Arc<EventHub>,
 }
 
@@ -239,8 +243,9 @@ impl Runner {
         let mut items = vec![ctx.bind(Message::system(spec.render(&vars)?))];
         items.extend(self.memory(ctx, run, spec, &settings).await?);
         let mut messages = assemble(ctx, items)?;
-        let tools: Vec<ToolDef> =
-            spec.tools.iter().filter_map(|t| self.tools.get(t)).map(|t| t.def()).collect();
+        // Resolved for this run's tenant only; MCP sessions end with the run.
+        let run_tools = self.tenant_tools.resolve(ctx, &self.tools, &spec.tools).await?;
+        let tools: Vec<ToolDef> = run_tools.offered(&spec.tools);
 
         loop {
             if cancel.load(Ordering::Relaxed) {
@@ -304,7 +309,8 @@ impl Runner {
                     "tool.call",
                     json!({"id": call.id, "name": call.name, "arguments": call.arguments}),
                 );
-                let (result, ok) = self.call_tool(ctx, spec, call).await?;
+                let event_id = format!("{}-tool-{}", run.id, totals.steps + 1);
+                let (result, ok) = self.call_tool(ctx, run, spec, &run_tools, call, &event_id).await?;
                 totals.steps += 1;
                 let step = json!({"tool": call.name, "call_id": call.id, "ok": ok,
                                   "arguments_sha256": bulkhead_core::keys::hash_key(&call.arguments).iter().map(|b| format!("{b:02x}")).collect::<String>(),
@@ -324,33 +330,22 @@ impl Runner {
         }
     }
 
-    /// Calls a tool the agent allows; a refusal or failure is a tool error
-    /// the model sees, never an exception of the run. A result bound to
-    /// another tenant is the one exception: a hard error that fails the run.
+    /// Calls a tool through the gate of `tenant_tools` (the agent's list,
+    /// the tenant's allow list, the tool-call rate, metering, audit); a
+    /// refusal or failure is a tool error the model sees, never an exception
+    /// of the run. A result bound to another tenant is the one exception: a
+    /// hard error that fails the run.
     async fn call_tool(
         &self,
         ctx: &TenantCtx,
+        run: &Run,
         spec: &AgentSpec,
+        tools: &RunTools,
         call: &ToolCall,
+        event_id: &str,
     ) -> Result<(String, bool), Error> {
-        if !spec.tools.iter().any(|t| t == &call.name) {
-            tracing::warn!(tool = %call.name, "tool call refused: not allowed for this agent");
-            return Ok((format!("error: the tool `{}` is not allowed for this agent", call.name), false));
-        }
-        let Some(tool) = self.tools.get(&call.name) else {
-            return Ok((format!("error: no tool named `{}`", call.name), false));
-        };
-        let args: Value =
-            match serde_json::from_str(if call.arguments.is_empty() { "{}" } else { &call.arguments }) {
-                Ok(v) => v,
-                Err(e) => return Ok((format!("error: arguments are not JSON: {e}"), false)),
-            };
         let tool_ctx = ToolCtx { tenant: ctx, knowledge_bases: &spec.knowledge_bases };
-        Ok(match tokio::time::timeout(Duration::from_secs(30), tool.call(&tool_ctx, &args)).await {
-            Ok(Ok(out)) => (out.into_inner_for(ctx)?, true),
-            Ok(Err(e)) => (format!("error: {e}"), false),
-            Err(_) => ("error: the tool timed out".into(), false),
-        })
+        self.tenant_tools.call(&tool_ctx, run, &spec.tools, tools, call, event_id).await
     }
 
     /// One model call of the run, metered with the run's and agent's ids.

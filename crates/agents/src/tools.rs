@@ -1,6 +1,7 @@
 //! The tool registry the agent loop calls through, and two harmless
-//! built-ins: `current_time` and `calculator`. (The tools issue adds HTTP
-//! tools, MCP servers, the vault and egress policy.)
+//! built-ins: `current_time` and `calculator`. Tools that need a tenant
+//! (`http_request`, the tenant's HTTP tools, its MCP servers' tools) are
+//! resolved per run by `tenant_tools`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +29,34 @@ pub struct ToolCtx<'a> {
 pub trait Tool: Send + Sync {
     fn def(&self) -> ToolDef;
     async fn call(&self, call: &ToolCtx<'_>, args: &Value) -> Result<TenantBound<String>, String>;
+
+    /// `call`, with what the audit trail and metering record about it.
+    /// Tools that know more than ok/error (an egress refusal, an HTTP
+    /// status) override this.
+    async fn invoke(&self, call: &ToolCtx<'_>, args: &Value) -> ToolOutcome {
+        ToolOutcome::from_result(self.call(call, args).await)
+    }
+}
+
+/// One call's result: the model's text (or error text), a stable outcome
+/// code, and facts for the audit entry and the usage event.
+#[derive(Debug)]
+pub struct ToolOutcome {
+    pub output: Result<TenantBound<String>, String>,
+    /// `ok`, or a short code for the failure (`error` when the tool names
+    /// none; e.g. `egress_denied`, `upstream_error`, `timeout`).
+    pub code: &'static str,
+    /// The failure is a policy refusal (nothing was sent), not a fault.
+    pub denied: bool,
+    /// Facts for the audit entry: names, sizes, statuses — never content.
+    pub details: Value,
+}
+
+impl ToolOutcome {
+    pub fn from_result(output: Result<TenantBound<String>, String>) -> Self {
+        let code = if output.is_ok() { "ok" } else { "error" };
+        Self { output, code, denied: false, details: json!({}) }
+    }
 }
 
 /// Tools by name.

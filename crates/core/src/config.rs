@@ -26,6 +26,10 @@ pub struct Config {
     pub agents: AgentsConfig,
     pub knowledge: KnowledgeConfig,
     pub tools: ToolsConfig,
+    /// Code execution: backend (`bubblewrap` | `gvisor`), concurrency caps
+    /// and backend settings. Its shape belongs to `bulkhead-sandbox`
+    /// (`SandboxConfig`), which validates it at start; empty = defaults.
+    pub sandbox: serde_json::Value,
 }
 
 /// Tools that reach the network (`http_request`, tenant HTTP tools, MCP
@@ -546,6 +550,16 @@ mod tests {
         c.tools.egress_exceptions.clear();
         c.tools.timeout_ms = 0;
         assert!(c.validate().is_err());
+        Jail::expect_with(|jail| {
+            jail.set_env("BULKHEAD_TOOLS__EGRESS_EXCEPTIONS", r#"["127.0.0.1:8080", "[::1]:9000"]"#);
+            jail.set_env("BULKHEAD_TOOLS__TIMEOUT_MS", "5000");
+            let c = Config::load(None, &Figment::new()).expect("load");
+            assert_eq!(c.tools.egress_exceptions, ["127.0.0.1:8080", "[::1]:9000"]);
+            assert_eq!(c.tools.timeout_ms, 5000);
+            jail.set_env("BULKHEAD_TOOLS__EGRESS_EXCEPTIONS", r#"["localhost:80"]"#);
+            assert!(Config::load(None, &Figment::new()).is_err());
+            Ok(())
+        });
     }
 
     #[test]

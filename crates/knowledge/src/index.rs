@@ -15,7 +15,14 @@
 //!   re-scored from it, so every score returned is an exact cosine.
 //! - The *graph* holds a second copy of each vector, quantised to `i8` (a
 //!   quarter of the `f32` size), because `hnsw_rs` keeps its own copy of
-//!   every point. Graph nodes are keyed by version, not by id.
+//!   every point. Graph nodes are keyed by version, not by id. `hnsw_rs`'
+//!   links cost more than the vectors: ~2.5 KB a node at m = 16 and 384
+//!   dimensions, against 1.5 KB for the `f32` vector in the store.
+//!
+//! A graph search asks for `ef_search` candidates (more in proportion to
+//! tombstones, at least 2k under a filter), drops tombstones and what the
+//! filter refuses, and re-scores the rest exactly; if fewer than `k` are
+//! left it asks again for four times as many, then scans.
 //!
 //! Invariants:
 //! - Every stored vector has unit length; zero, non-finite and wrongly sized
@@ -33,7 +40,8 @@
 //!   written meanwhile, and installs the graph in one write, so a search
 //!   sees either no graph or one holding every live vector. Past ~20%
 //!   tombstones the graph is rebuilt the same way (or dropped, if the index
-//!   is small again).
+//!   is small again). Builds of all indexes share a process-wide budget of
+//!   threads (half the cores), so many starting at once queue.
 //!
 //! Tenancy is the caller's: an index knows no tenant, and the server keeps
 //! one per namespace rather than one shared index with a filter, so a search
@@ -794,8 +802,9 @@ impl Graph {
             }
             true
         };
-        // Threads only pay for themselves on a few thousand inserts.
-        let threads = threads.min(items.len() / 1024).max(1);
+        // A thread costs tens of microseconds, an insert up to a millisecond:
+        // a few hundred inserts a thread pay for it.
+        let threads = threads.min(items.len() / 256).max(1);
         if threads == 1 {
             return insert(items);
         }
@@ -946,8 +955,11 @@ impl TopK {
         self.heap.len()
     }
 
+    /// `score` is a dot product of unit vectors: a cosine, but rounding
+    /// can push it a hair past ±1, which is clamped off (so a vector and
+    /// its duplicate tie at 1, ordered by id).
     fn push(&mut self, score: f32, id: i64) {
-        let hit = Hit { score, id };
+        let hit = Hit { score: score.clamp(-1.0, 1.0), id };
         if self.heap.len() < self.k {
             self.heap.push(std::cmp::Reverse(hit));
         } else if let Some(mut worst) = self.heap.peek_mut()
@@ -1034,7 +1046,7 @@ mod tests {
 
     /// Parameters for debug builds' speed; the recall test shows they do.
     fn small(exact_limit: usize) -> IndexConfig {
-        IndexConfig { exact_limit, m: 8, ef_construction: 32, ef_search: 32, build_threads: 2 }
+        IndexConfig { exact_limit, m: 6, ef_construction: 24, ef_search: 32, build_threads: 1 }
     }
 
     /// Clustered data (ids `3 * i`) in an index small enough for debug
@@ -1183,7 +1195,7 @@ mod tests {
 
     #[test]
     fn the_graph_reaches_the_recall_of_exact_search() {
-        let (index, data, queries) = built(3000, 32, 3);
+        let (index, data, queries) = built(3000, 16, 3);
         let by_id: HashMap<i64, &[f32]> = data.iter().map(|(id, v)| (*id, v.as_slice())).collect();
         let mut found = 0;
         for query in &queries {
@@ -1201,19 +1213,19 @@ mod tests {
     #[test]
     fn search_answers_exactly_during_the_build_then_switches() {
         let mut rng = Rng(4);
-        let data: Vec<(i64, Vec<f32>)> = clustered(&mut rng, 1500, 32, 20, 1.0)
+        let data: Vec<(i64, Vec<f32>)> = clustered(&mut rng, 900, 32, 20, 1.0)
             .into_iter()
             .enumerate()
             .map(|(i, v)| (i as i64, v))
             .collect();
-        let index = VectorIndex::new(32, small(1000));
-        index.insert_batch(&data[..1000]).unwrap();
+        let index = VectorIndex::new(32, small(600));
+        index.insert_batch(&data[..600]).unwrap();
         assert!(!index.is_building(), "at the limit the index stays exact");
-        index.insert_batch(&data[1000..]).unwrap();
+        index.insert_batch(&data[600..]).unwrap();
         assert!(index.is_building());
         // Holding the writer lock keeps the build from installing its graph
         // (its last step needs it), so "during the build" lasts as long as
-        // this test needs. 1500 graph inserts take far longer than this.
+        // this test needs. 900 graph inserts take far longer than this.
         let writer = index.shared.writer.lock();
         for (id, v) in data.iter().step_by(50) {
             assert!(!index.is_approximate());
@@ -1224,28 +1236,28 @@ mod tests {
         drop(writer);
         assert!(index.wait_for_build(Duration::from_secs(60)));
         assert!(index.is_approximate());
-        assert_eq!(graph_nodes(&index), 1500);
+        assert_eq!(graph_nodes(&index), 900);
         // Later inserts go into the graph too.
         let extra = normalised(rng.gaussian(32));
         index.insert(99_999, &extra).unwrap();
-        assert_eq!(graph_nodes(&index), 1501);
+        assert_eq!(graph_nodes(&index), 901);
         assert_eq!(index.search(&extra, 1, None).unwrap()[0].0, 99_999);
     }
 
     #[test]
     fn writes_during_the_build_are_caught_up() {
         let mut rng = Rng(5);
-        let data: Vec<(i64, Vec<f32>)> = clustered(&mut rng, 1400, 32, 20, 1.0)
+        let data: Vec<(i64, Vec<f32>)> = clustered(&mut rng, 900, 32, 20, 1.0)
             .into_iter()
             .enumerate()
             .map(|(i, v)| (i as i64, v))
             .collect();
         let index = VectorIndex::new(32, small(500));
-        index.insert_batch(&data[..1000]).unwrap();
+        index.insert_batch(&data[..600]).unwrap();
         assert!(index.is_building());
-        // Whether these land before or after the build's snapshot, the
+        // Whether these land before or after the build reads the store, the
         // installed graph must hold exactly the live vectors.
-        index.insert_batch(&data[1000..]).unwrap();
+        index.insert_batch(&data[600..]).unwrap();
         for id in 0..100 {
             assert!(index.remove(id));
         }
@@ -1253,7 +1265,7 @@ mod tests {
         index.insert(500, &moved).unwrap();
         assert!(index.wait_for_build(Duration::from_secs(60)));
         assert!(index.is_approximate());
-        assert_eq!(index.len(), 1300);
+        assert_eq!(index.len(), 800);
         for (id, v) in data.iter().skip(100).step_by(37) {
             if *id != 500 {
                 assert_eq!(index.search(v, 1, None).unwrap()[0].0, *id);
@@ -1267,8 +1279,8 @@ mod tests {
 
     #[test]
     fn removed_ids_never_come_back_from_the_graph_and_tombstones_trigger_a_rebuild() {
-        let (index, data, queries) = built(1500, 32, 6);
-        assert_eq!(graph_nodes(&index), 1500);
+        let (index, data, queries) = built(1200, 32, 6);
+        assert_eq!(graph_nodes(&index), 1200);
         // Remove the neighbourhoods of a few queries: the graph will walk
         // straight into tombstones and must over-fetch past them.
         let mut removed = std::collections::HashSet::new();
@@ -1279,8 +1291,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(index.len(), 1500 - removed.len());
-        assert!(!index.is_building(), "{} tombstones of 1500 are below the rebuild share", removed.len());
+        assert_eq!(index.len(), 1200 - removed.len());
+        assert!(!index.is_building(), "{} tombstones of 1200 are below the rebuild share", removed.len());
         for query in &queries {
             let hits = index.search(query, 10, None).unwrap();
             assert_eq!(hits.len(), 10);
@@ -1294,7 +1306,7 @@ mod tests {
             assert!(index.remove(id));
             removed.insert(id);
         }
-        assert_eq!(removed.len(), 301, "the rebuild starts past 20% tombstones");
+        assert_eq!(removed.len(), 241, "the rebuild starts past 20% tombstones");
         assert!(index.wait_for_build(Duration::from_secs(60)));
         assert!(index.is_approximate());
         assert_eq!(graph_nodes(&index), index.len());
@@ -1335,16 +1347,16 @@ mod tests {
         let passing: Vec<(i64, Vec<f32>)> = data.iter().filter(|(id, _)| even(*id)).cloned().collect();
         assert_eq!(ids(&hits), ids(&naive(&passing, &query, 10)));
 
-        let (index, data, queries) = built(2000, 16, 9);
+        let (index, data, queries) = built(1500, 16, 9);
         for query in &queries[..20] {
             let hits = index.search(query, 10, Some(&even)).unwrap();
             assert_eq!(hits.len(), 10);
             assert!(hits.iter().all(|&(id, _)| even(id)));
-            // Ids are multiples of 3 below 6000; 997 is prime: 3 pass,
+            // Ids are multiples of 3 below 4500; 997 is prime: 2 pass,
             // found by the fallback scan when the graph's candidates lack them.
             let hits = index.search(query, 10, Some(&rare)).unwrap();
             let passing: Vec<(i64, Vec<f32>)> = data.iter().filter(|(id, _)| rare(*id)).cloned().collect();
-            assert_eq!(passing.len(), 3);
+            assert_eq!(passing.len(), 2);
             assert_eq!(ids(&hits), ids(&naive(&passing, query, 10)));
         }
     }
@@ -1367,6 +1379,26 @@ mod tests {
         let (components, scale) = split_scale(&quantised);
         assert_eq!(components, [127, -64, 0]);
         assert_eq!(scale, 0.5 / 127.0);
+    }
+
+    #[test]
+    fn graph_inserts_on_several_threads_keep_every_node() {
+        // Builds take threads from a process-wide budget (one on a two-core
+        // machine), so the parallel path is exercised here directly.
+        let mut rng = Rng(12);
+        let items: Vec<(u64, Vec<i8>)> =
+            (0..600).map(|v| (v, quantize(&normalised(rng.gaussian(8))))).collect();
+        let graph = Graph::new(&small(0), items.len());
+        assert!(graph.insert_all(&items, 2, &AtomicBool::new(false)));
+        assert_eq!(graph.len(), 600);
+        assert_eq!(graph.hnsw.get_nb_point(), 600);
+        for (version, vector) in items.iter().step_by(29) {
+            let found = graph.hnsw.search(vector, 1, 32);
+            assert_eq!(found[0].d_id as u64, *version);
+        }
+        // A cancelled insert stops.
+        assert!(!graph.insert_all(&items, 2, &AtomicBool::new(true)));
+        assert_eq!(graph.len(), 600);
     }
 
     #[test]

@@ -581,17 +581,23 @@ impl Knowledge {
             Ok(idx) => idx,
             Err(_) => return, // a search holds it; reload next time
         };
-        for id in &replaced.removed {
-            next.index.remove(*id);
-            next.docs.remove(id);
-        }
         let items: Vec<(i64, Vec<f32>)> =
             replaced.added.iter().zip(chunks).map(|(id, c)| (*id, c.embedding.clone())).collect();
-        if next.index.insert_batch(&items).is_err() {
-            return;
-        }
-        next.docs.extend(replaced.added.iter().map(|id| (*id, doc)));
-        next.generation = replaced.generation;
+        let removed = replaced.removed.clone();
+        let generation = replaced.generation;
+        // Graph inserts cost ~1 ms each: off the async threads.
+        let updated = tokio::task::spawn_blocking(move || {
+            for id in &removed {
+                next.index.remove(*id);
+                next.docs.remove(id);
+            }
+            next.index.insert_batch(&items).ok()?;
+            next.docs.extend(items.iter().map(|(id, _)| (*id, doc)));
+            next.generation = generation;
+            Some(next)
+        })
+        .await;
+        let Ok(Some(next)) = updated else { return };
         let bytes = next.index.memory_bytes();
         *guard = Some(Arc::new(next));
         drop(guard);
@@ -607,11 +613,15 @@ impl Knowledge {
         if let Some(idx) = guard.as_ref()
             && idx.generation == base.generation
         {
-            return Ok(idx.clone());
+            let idx = idx.clone();
+            drop(guard);
+            // A graph built in the background since grows the footprint.
+            self.inner.indexes.account(ctx, base.id, idx.index.memory_bytes());
+            return Ok(idx);
         }
         let (generation, vectors) = self.inner.store.kb_vectors(ctx, base.id).await?;
         let dims = base.dims as usize;
-        let config = self.inner.indexes.config.clone();
+        let config = self.inner.indexes.config;
         let built = tokio::task::spawn_blocking(move || -> Result<KbIndex, Error> {
             let index = VectorIndex::new(dims, config);
             let mut docs = HashMap::with_capacity(vectors.len());

@@ -112,6 +112,44 @@ pub fn master_key(config: &Config) -> Result<MasterKey, Error> {
     MasterKey::load_or_create(&config.store.data_dir.join("master.key"))
 }
 
+/// The operator's egress settings (`[tools]`) for the tools crate; the
+/// exceptions were checked for shape with the configuration, here they are
+/// parsed in full.
+pub fn egress_config(config: &Config) -> Result<bulkhead_tools::EgressConfig, Error> {
+    let t = &config.tools;
+    let exceptions = t
+        .egress_exceptions
+        .iter()
+        .map(|e| e.parse().map_err(|m: String| Error::invalid(format!("tools.egress_exceptions: {m}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(bulkhead_tools::EgressConfig {
+        exceptions,
+        max_response_bytes: t.max_response_bytes,
+        timeout_ms: t.timeout_ms,
+        max_redirects: t.max_redirects,
+    })
+}
+
+/// The sandbox the configuration asks for. A backend that cannot run here
+/// (no `bwrap`, no `bulkhead-sandbox` user, no `runsc`) is logged and
+/// leaves code execution unavailable (503) rather than stopping the server;
+/// a configuration that does not parse stops it.
+fn sandbox(config: &Config) -> Result<Option<Arc<bulkhead_sandbox::Sandbox>>, Error> {
+    let settings: bulkhead_sandbox::SandboxConfig = if config.sandbox.is_null() {
+        Default::default()
+    } else {
+        serde_json::from_value(config.sandbox.clone()).map_err(|e| Error::invalid(format!("sandbox: {e}")))?
+    };
+    settings.validate().map_err(Error::from)?;
+    match bulkhead_sandbox::Sandbox::from_config(&settings) {
+        Ok(s) => Ok(Some(Arc::new(s))),
+        Err(e) => {
+            tracing::warn!(error = %e, "code execution is unavailable: run scripts/sandbox.sh to install bubblewrap and its user");
+            Ok(None)
+        }
+    }
+}
+
 /// Everything the HTTP layer and the workers use.
 #[derive(Clone)]
 pub struct Services {
@@ -122,6 +160,7 @@ pub struct Services {
     pub scheduler: Scheduler,
     pub knowledge: Knowledge,
     pub audit: Audit,
+    pub code: bulkhead_agents::CodeRunner,
     pub max_queued_runs: i64,
 }
 
@@ -136,6 +175,16 @@ pub async fn services(config: &Config, store: DynStore) -> Result<Services, Erro
         metering.clone(),
         config.knowledge.clone(),
     );
+    let audit = Audit::new(store.clone());
+    let tenant_tools = bulkhead_agents::TenantTools::new(
+        store.clone(),
+        vault.clone(),
+        audit.clone(),
+        metering.clone(),
+        egress_config(config)?,
+    );
+    let code =
+        bulkhead_agents::CodeRunner::new(sandbox(config)?, store.clone(), metering.clone(), audit.clone());
     let runner = Runner {
         store: store.clone(),
         metering: metering.clone(),
@@ -143,8 +192,10 @@ pub async fn services(config: &Config, store: DynStore) -> Result<Services, Erro
         tools: {
             let mut tools = ToolRegistry::builtin();
             tools.register(Arc::new(bulkhead_agents::KnowledgeSearch { knowledge: knowledge.clone() }));
+            tools.register(Arc::new(bulkhead_agents::RunCode { runner: code.clone() }));
             tools
         },
+        tenant_tools,
         events: Arc::new(EventHub::default()),
     };
     let a = &config.agents;
@@ -157,7 +208,6 @@ pub async fn services(config: &Config, store: DynStore) -> Result<Services, Erro
             ..SchedulerConfig::default()
         },
     );
-    let audit = Audit::new(store.clone());
     Ok(Services {
         store,
         metering,
@@ -166,6 +216,7 @@ pub async fn services(config: &Config, store: DynStore) -> Result<Services, Erro
         scheduler,
         knowledge,
         audit,
+        code,
         max_queued_runs: a.max_queued_runs,
     })
 }

@@ -29,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod console;
 pub mod error;
 pub mod extract;
 
@@ -44,6 +45,7 @@ pub struct AppState {
     pub scheduler: Scheduler,
     pub knowledge: bulkhead_knowledge::Knowledge,
     pub audit: bulkhead_audit::Audit,
+    pub code: bulkhead_agents::CodeRunner,
     pub max_queued_runs: i64,
     pub config: Arc<ServerConfig>,
 }
@@ -58,6 +60,7 @@ impl AppState {
             scheduler,
             knowledge,
             audit,
+            code,
             max_queued_runs,
         } = services;
         Self {
@@ -68,6 +71,7 @@ impl AppState {
             scheduler,
             knowledge,
             audit,
+            code,
             max_queued_runs,
             config: Arc::new(config),
         }
@@ -78,7 +82,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The routes with their OpenAPI description, before layers.
 fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let v1 = api::v1_routes().layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let v1 = api::v1_routes()
+        // Inside authentication, so it sees who was refused.
+        .layer(axum::middleware::from_fn(api::overview::count_refusals))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     OpenApiRouter::with_openapi(api::ApiDoc::openapi())
         .merge(api::health::routes())
         .merge(v1)
@@ -108,6 +115,7 @@ pub fn app(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(console::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

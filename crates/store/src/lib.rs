@@ -27,6 +27,7 @@ pub mod postgres;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
+pub mod tools;
 pub mod usage;
 
 pub use agents::{
@@ -40,6 +41,7 @@ pub use knowledge::{
     NewDocument, NewKnowledgeBase, Replaced, Upserted,
 };
 pub use model::{ApiKey, NewTenant, Tenant, TenantPatch};
+pub use tools::{McpServerRecord, ToolRecord, ToolSettings, ToolStore};
 pub use usage::{
     Budget, BudgetAlert, BudgetPeriod, BudgetStatus, GroupBy, ReservationId, Reserve, StoredUsage,
     TenantSettings, UsageEvent, UsageKind, UsageQuery, UsageRow, UsageWrite,
@@ -152,6 +154,7 @@ pub trait SettingsStore: Send + Sync {
     async fn set_tenant_limits(&self, ctx: &TenantCtx, limits: &serde_json::Value) -> Result<()>;
     async fn set_tenant_pricing(&self, ctx: &TenantCtx, pricing: &serde_json::Value) -> Result<()>;
     async fn set_tenant_models(&self, ctx: &TenantCtx, models: &serde_json::Value) -> Result<()>;
+    async fn set_tenant_sandbox(&self, ctx: &TenantCtx, policy: &serde_json::Value) -> Result<()>;
 }
 
 /// A tenant's encrypted secret, as stored: only ciphertext.
@@ -208,6 +211,7 @@ pub trait Store:
     + AgentStore
     + KnowledgeStore
     + AuditStore
+    + ToolStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
@@ -235,3 +239,5 @@ pub async fn open(config: &StoreConfig) -> Result<DynStore> {
 mod knowledge_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tools_tests;

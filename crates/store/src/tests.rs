@@ -82,6 +82,7 @@ async fn plant_everything(store: &DynStore, ctx: &TenantCtx) {
     store.add_message(ctx, thread.id, "assistant", "hello", &json!({}), Some(run.id)).await.unwrap();
     store.add_step(ctx, run.id, "model_call", &json!({"tokens": 3})).await.unwrap();
     crate::knowledge_tests::plant_knowledge(store, ctx).await;
+    crate::tools_tests::plant_tools(store, ctx).await;
     // The tenant's audit chain (entries and head).
     store.append_audit(crate::AuditChain::Tenant(ctx), &audit_entry("config.updated")).await.unwrap();
 }

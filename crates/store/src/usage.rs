@@ -236,6 +236,8 @@ pub struct TenantSettings {
     pub limits: serde_json::Value,
     pub pricing: serde_json::Value,
     pub models: serde_json::Value,
+    /// The sandbox policy (its shape belongs to `bulkhead-sandbox`).
+    pub sandbox: serde_json::Value,
 }
 
 /// The first instant of `now`'s UTC month and day.

@@ -67,6 +67,11 @@ impl HttpRequestTool {
     }
 
     pub fn schema(&self) -> ToolSchema {
+        Self::definition()
+    }
+
+    /// The tool as a model sees it; the same for every tenant.
+    pub fn definition() -> ToolSchema {
         ToolSchema {
             name: Self::NAME.into(),
             description: "Fetches a URL with GET, or POSTs a body to it, and returns the status, the \

@@ -61,6 +61,7 @@ fn probes() -> Vec<Probe> {
         with_body(Method::POST, "/v1/tenants/{a_tenant}/keys", json!({"name": "x"}), Forbidden),
         probe(Method::DELETE, "/v1/tenants/{a_tenant}/keys/{a_app_key}", Forbidden),
         probe(Method::GET, "/v1/operator-keys", Forbidden),
+        probe(Method::GET, "/v1/overview", Forbidden),
         // Usage, budgets, limits, pricing.
         probe(Method::GET, "/v1/usage", Own),
         probe(Method::GET, "/v1/usage?group_by=day,model,agent,kind", Own),
@@ -105,6 +106,16 @@ fn probes() -> Vec<Probe> {
         probe(Method::GET, "/v1/audit", Own),
         probe(Method::GET, "/v1/audit?limit=500&action=key.", Own),
         probe(Method::GET, "/v1/audit/verify", Own),
+        // Code execution: B's own policy (off), never A's.
+        probe(Method::GET, "/v1/sandbox/policy", Own),
+        with_body(
+            Method::POST,
+            "/v1/sandbox/executions",
+            json!({"language": "python", "code": "print(1)"}),
+            Refused,
+        ),
+        probe(Method::GET, "/v1/tenants/{a_tenant}/sandbox", Forbidden),
+        with_body(Method::PUT, "/v1/tenants/{a_tenant}/sandbox", json!({"enabled": true}), Forbidden),
         // Knowledge bases, documents, search, embeddings.
         probe(Method::GET, "/v1/knowledge-bases", Own),
         probe(Method::GET, "/v1/knowledge-bases/{a_kb}", NotFound),
@@ -135,6 +146,40 @@ fn probes() -> Vec<Probe> {
         // A's alias means nothing to B.
         with_body(Method::POST, "/v1/chat/completions", say("{a_alias}"), Refused),
         with_body(Method::POST, "/v1/chat/completions", say("builtin/scripted"), Own),
+        // Tools, MCP servers, tool settings and credentials: B's own only.
+        probe(Method::GET, "/v1/tools", Own),
+        probe(Method::GET, "/v1/tools?limit=500", Own),
+        probe(Method::GET, "/v1/tools/{a_tool}", NotFound),
+        with_body(Method::PUT, "/v1/tools/{a_tool}", b_tool("b-mine", None), NotFound),
+        probe(Method::DELETE, "/v1/tools/{a_tool}", NotFound),
+        probe(Method::GET, "/v1/mcp-servers", Own),
+        probe(Method::GET, "/v1/mcp-servers/{a_mcp}", NotFound),
+        probe(Method::GET, "/v1/mcp-servers/{a_mcp}/tools", NotFound),
+        probe(Method::DELETE, "/v1/mcp-servers/{a_mcp}", NotFound),
+        probe(Method::GET, "/v1/tool-settings", Own),
+        probe(Method::GET, "/v1/secrets", Own),
+        probe(Method::DELETE, "/v1/secrets/{a_secret}", NotFound),
+        // A's credential, tool and MCP server names mean nothing to B.
+        with_body(Method::POST, "/v1/tools", b_tool("b-steals", Some("{a_secret}")), Refused),
+        with_body(
+            Method::POST,
+            "/v1/mcp-servers",
+            json!({"name": "b-steals", "url": "https://b.example.com/mcp",
+                   "auth": {"secret_name": "{a_secret}", "placement": {"in": "header", "name": "X-Key"}}}),
+            Refused,
+        ),
+        with_body(
+            Method::POST,
+            "/v1/agents",
+            json!({"name": "t-thief", "spec": {"tools": ["{a_tool_name}"]}}),
+            Refused,
+        ),
+        with_body(
+            Method::POST,
+            "/v1/agents",
+            json!({"name": "m-thief", "spec": {"tools": ["mcp__{a_mcp_name}__lookup"]}}),
+            Refused,
+        ),
     ]
 }
 
@@ -148,6 +193,7 @@ struct Victim {
     kb: String,
     doc: String,
     kb_canary: String,
+    tools: PlantedTools,
 }
 
 /// Puts a canary into every piece of A's data that exists. Returns A's ids
@@ -255,6 +301,8 @@ async fn plant(server: &TestServer) -> (Victim, Vec<String>) {
         kb_id.clone(),
         doc_id.clone(),
     ];
+    let (tools, tool_canaries) = plant_tools(server, &a).await;
+    let canaries = [canaries, tool_canaries].concat();
     let victim = Victim {
         tenant: a,
         alias,
@@ -264,6 +312,7 @@ async fn plant(server: &TestServer) -> (Victim, Vec<String>) {
         kb: kb_id,
         doc: doc_id,
         kb_canary,
+        tools,
     };
     (victim, canaries)
 }
@@ -279,6 +328,11 @@ fn fill(text: &str, v: &Victim) -> String {
         .replace("{a_kb_canary}", &v.kb_canary)
         .replace("{a_kb}", &v.kb)
         .replace("{a_doc}", &v.doc)
+        .replace("{a_tool_name}", &v.tools.tool_name)
+        .replace("{a_tool}", &v.tools.tool)
+        .replace("{a_mcp_name}", &v.tools.mcp_name)
+        .replace("{a_mcp}", &v.tools.mcp)
+        .replace("{a_secret}", &v.tools.secret_name)
 }
 
 async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
@@ -352,6 +406,15 @@ async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
     assert_eq!(own.expect(200)["name"], a.name.as_str());
     let still = server.get("/v1/provider-keys", &a.admin_key).await;
     assert_eq!(still.expect(200)["data"].as_array().unwrap().len(), 1, "B could not delete A's provider key");
+    let t = &victim.tools;
+    server.get(&format!("/v1/tools/{}", t.tool), &a.admin_key).await.expect(200);
+    server.get(&format!("/v1/mcp-servers/{}", t.mcp), &a.admin_key).await.expect(200);
+    let secrets = server.get("/v1/secrets", &a.admin_key).await;
+    assert_eq!(
+        secrets.expect(200)["data"][0]["name"],
+        t.secret_name.as_str(),
+        "B could not delete A's credential"
+    );
 }
 both_backends!(tenant_b_sees_nothing_of_a);
 
@@ -379,3 +442,66 @@ async fn operator_acting_for_a_tenant_sees_only_that_tenant(backend: &'static st
     assert_eq!(res.expect(200)["id"], a.id.as_str());
 }
 both_backends!(operator_acting_for_a_tenant_sees_only_that_tenant);
+
+/// A's tools: ids and names the probes aim at.
+struct PlantedTools {
+    tool: String,
+    tool_name: String,
+    mcp: String,
+    mcp_name: String,
+    secret_name: String,
+}
+
+/// An HTTP tool definition of B's, optionally naming a credential.
+fn b_tool(name: &str, secret: Option<&str>) -> Value {
+    let mut tool = json!({"name": name, "description": "b's", "parameters": {"type": "object"},
+                          "url_template": "https://b.example.com/lookup"});
+    if let Some(secret) = secret {
+        tool["auth"] = json!({"secret_name": secret, "placement": {"in": "header", "name": "X-Key"}});
+    }
+    tool
+}
+
+/// A credential, an HTTP tool that uses it, an MCP server, and tool
+/// settings, all carrying canaries. Returns A's ids and the canaries.
+async fn plant_tools(server: &TestServer, a: &TestTenant) -> (PlantedTools, Vec<String>) {
+    let short = || uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let credential = canary("credential");
+    let secret_name = format!("a-cred-{}", short());
+    let res = server
+        .call(
+            Method::PUT,
+            &format!("/v1/secrets/{secret_name}"),
+            Some(&a.admin_key),
+            Some(json!({"value": credential})),
+        )
+        .await;
+    res.expect(200);
+    let tool_canary = canary("tool");
+    let host_canary = canary("host");
+    let tool_name = format!("a-tool-{}", short());
+    let auth = json!({"secret_name": secret_name, "placement": {"in": "header", "name": "X-Api-Key"}});
+    let tool = json!({"name": tool_name, "description": tool_canary, "parameters": {"type": "object"},
+                      "url_template": format!("https://{host_canary}.example.com/lookup"), "auth": auth});
+    let tool = server.post("/v1/tools", &a.admin_key, tool).await;
+    let tool_id = tool.expect(201)["id"].as_str().unwrap().to_owned();
+    let mcp_name = format!("a-mcp-{}", short());
+    let mcp =
+        json!({"name": mcp_name, "url": format!("https://{host_canary}.example.com/mcp"), "auth": auth});
+    let mcp = server.post("/v1/mcp-servers", &a.admin_key, mcp).await;
+    let mcp_id = mcp.expect(201)["id"].as_str().unwrap().to_owned();
+    let settings =
+        json!({"allowed_tools": [tool_name], "egress": {"allow": [format!("{host_canary}.example.com")]}});
+    server.call(Method::PUT, "/v1/tool-settings", Some(&a.admin_key), Some(settings)).await.expect(200);
+    let canaries = vec![
+        credential,
+        secret_name.clone(),
+        tool_canary,
+        host_canary,
+        tool_name.clone(),
+        tool_id.clone(),
+        mcp_name.clone(),
+        mcp_id.clone(),
+    ];
+    (PlantedTools { tool: tool_id, tool_name, mcp: mcp_id, mcp_name, secret_name }, canaries)
+}

@@ -12,5 +12,7 @@ mod binary;
 mod cross_tenant;
 mod gateway;
 mod knowledge;
+mod sandbox;
 mod tenants;
+mod tools;
 mod usage;

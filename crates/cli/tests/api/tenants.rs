@@ -165,6 +165,18 @@ async fn health_readiness_and_openapi() {
         ("/v1/knowledge-bases/{kb_id}/documents/{doc_id}", &["get", "delete"]),
         ("/v1/knowledge-bases/{kb_id}/search", &["post"]),
         ("/v1/embeddings", &["post"]),
+        ("/v1/tools", &["get", "post"]),
+        ("/v1/tools/{tool_id}", &["get", "put", "delete"]),
+        ("/v1/mcp-servers", &["get", "post"]),
+        ("/v1/mcp-servers/{server_id}", &["get", "delete"]),
+        ("/v1/mcp-servers/{server_id}/tools", &["get"]),
+        ("/v1/tool-settings", &["get", "put"]),
+        ("/v1/secrets", &["get"]),
+        ("/v1/secrets/{name}", &["put", "delete"]),
+        ("/v1/sandbox/executions", &["post"]),
+        ("/v1/sandbox/policy", &["get"]),
+        ("/v1/tenants/{tenant_id}/sandbox", &["get", "put"]),
+        ("/v1/overview", &["get"]),
     ] {
         for m in methods {
             assert!(
@@ -173,7 +185,7 @@ async fn health_readiness_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 47, "a route was added: list it above");
+    assert_eq!(paths.len(), 59, "a route was added: list it above");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     // Every response carries a request id.

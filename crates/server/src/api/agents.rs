@@ -122,8 +122,10 @@ pub struct UpdateAgent {
 async fn checked_spec(state: &AppState, ctx: &TenantCtx, raw: &Value) -> ApiResult<Value> {
     let raw = if raw.is_null() { json!({}) } else { raw.clone() };
     let spec = AgentSpec::from_json(&raw)?;
+    // Built-ins, and the tenant's own tools and MCP servers: names are per tenant.
+    let runner = state.scheduler.runner();
     for tool in &spec.tools {
-        if state.scheduler.runner().tools.get(tool).is_none() {
+        if !runner.tenant_tools.exists(ctx, &runner.tools, tool).await? {
             return Err(ApiError::new(Code::InvalidRequest, format!("no tool named `{tool}`")));
         }
     }

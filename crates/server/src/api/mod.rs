@@ -20,7 +20,11 @@ pub mod keys;
 pub mod knowledge;
 pub mod model_config;
 pub mod openai;
+pub mod overview;
+pub mod sandbox;
+pub mod secrets;
 pub mod tenants;
+pub mod tools;
 pub mod usage;
 
 #[derive(OpenApi)]
@@ -46,6 +50,9 @@ pub mod usage;
         (name = "runs", description = "Agent runs: queued, executed, streamed"),
         (name = "audit", description = "The tamper-evident audit log: entries and verification"),
         (name = "knowledge", description = "Knowledge bases: documents, ingestion, hybrid search"),
+        (name = "tools", description = "Tenant HTTP tools, MCP servers, tool and egress allow lists"),
+        (name = "secrets", description = "Tool credentials in the vault: write-only"),
+        (name = "sandbox", description = "Code execution in an isolated sandbox"),
     )
 )]
 pub struct ApiDoc;
@@ -74,6 +81,10 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(agents::routes())
         .merge(audit::routes())
         .merge(knowledge::routes())
+        .merge(tools::routes())
+        .merge(secrets::routes())
+        .merge(sandbox::routes())
+        .merge(overview::routes())
 }
 
 pub async fn not_found() -> ApiError {

@@ -412,19 +412,22 @@ impl BudgetStore for PgStore {
 impl SettingsStore for PgStore {
     async fn tenant_settings(&self, ctx: &TenantCtx) -> Result<TenantSettings> {
         let mut tx = self.tenant_tx(ctx).await?;
-        let row: Option<(serde_json::Value, serde_json::Value, serde_json::Value)> =
-            sqlx::query_as("SELECT limits, pricing, models FROM tenant_settings WHERE tenant_id = $1")
-                .bind(ctx.tenant_id().as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?;
+        type Row = (serde_json::Value, serde_json::Value, serde_json::Value, serde_json::Value);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT limits, pricing, models, sandbox FROM tenant_settings WHERE tenant_id = $1",
+        )
+        .bind(ctx.tenant_id().as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(row.map(|(limits, pricing, models)| TenantSettings { limits, pricing, models }).unwrap_or_else(
-            || TenantSettings {
+        Ok(row
+            .map(|(limits, pricing, models, sandbox)| TenantSettings { limits, pricing, models, sandbox })
+            .unwrap_or_else(|| TenantSettings {
                 limits: serde_json::json!({}),
                 pricing: serde_json::json!({}),
                 models: serde_json::json!({}),
-            },
-        ))
+                sandbox: serde_json::json!({}),
+            }))
     }
 
     async fn set_tenant_limits(&self, ctx: &TenantCtx, limits: &serde_json::Value) -> Result<()> {
@@ -438,6 +441,10 @@ impl SettingsStore for PgStore {
     async fn set_tenant_models(&self, ctx: &TenantCtx, models: &serde_json::Value) -> Result<()> {
         self.upsert_setting(ctx, "models", models).await
     }
+
+    async fn set_tenant_sandbox(&self, ctx: &TenantCtx, policy: &serde_json::Value) -> Result<()> {
+        self.upsert_setting(ctx, "sandbox", policy).await
+    }
 }
 
 impl PgStore {
@@ -448,7 +455,7 @@ impl PgStore {
         value: &serde_json::Value,
     ) -> Result<()> {
         let mut tx = self.tenant_tx(ctx).await?;
-        // `column` is one of three literals above, never caller input.
+        // `column` is one of the literals above, never caller input.
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO tenant_settings (tenant_id, {column}, updated_at) VALUES ($1, $2, $3)
              ON CONFLICT (tenant_id) DO UPDATE SET {column} = excluded.{column}, updated_at = excluded.updated_at"

@@ -27,6 +27,7 @@ mod agents;
 mod audit;
 mod knowledge;
 mod secrets;
+mod tools;
 mod usage;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

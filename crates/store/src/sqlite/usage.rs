@@ -387,18 +387,25 @@ impl BudgetStore for SqliteStore {
 #[async_trait]
 impl SettingsStore for SqliteStore {
     async fn tenant_settings(&self, ctx: &TenantCtx) -> Result<TenantSettings> {
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT limits, pricing, models FROM tenant_settings WHERE tenant_id = ?")
-                .bind(ctx.tenant_id().to_string())
-                .fetch_optional(&self.read)
-                .await?;
+        let row: Option<(String, String, String, String)> = sqlx::query_as(
+            "SELECT limits, pricing, models, sandbox FROM tenant_settings WHERE tenant_id = ?",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .fetch_optional(&self.read)
+        .await?;
         let parse = |s: &str| serde_json::from_str(s).unwrap_or_else(|_| serde_json::json!({}));
         Ok(row
-            .map(|(l, p, m)| TenantSettings { limits: parse(&l), pricing: parse(&p), models: parse(&m) })
+            .map(|(l, p, m, s)| TenantSettings {
+                limits: parse(&l),
+                pricing: parse(&p),
+                models: parse(&m),
+                sandbox: parse(&s),
+            })
             .unwrap_or_else(|| TenantSettings {
                 limits: serde_json::json!({}),
                 pricing: serde_json::json!({}),
                 models: serde_json::json!({}),
+                sandbox: serde_json::json!({}),
             }))
     }
 
@@ -413,6 +420,10 @@ impl SettingsStore for SqliteStore {
     async fn set_tenant_models(&self, ctx: &TenantCtx, models: &serde_json::Value) -> Result<()> {
         self.upsert_setting(ctx, "models", models).await
     }
+
+    async fn set_tenant_sandbox(&self, ctx: &TenantCtx, policy: &serde_json::Value) -> Result<()> {
+        self.upsert_setting(ctx, "sandbox", policy).await
+    }
 }
 
 impl SqliteStore {
@@ -422,7 +433,7 @@ impl SqliteStore {
         column: &'static str,
         value: &serde_json::Value,
     ) -> Result<()> {
-        // `column` is one of three literals above, never caller input.
+        // `column` is one of the literals above, never caller input.
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO tenant_settings (tenant_id, {column}, updated_at) VALUES (?, ?, ?)
              ON CONFLICT (tenant_id) DO UPDATE SET {column} = excluded.{column}, updated_at = excluded.updated_at"

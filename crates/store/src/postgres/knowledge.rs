@@ -501,6 +501,8 @@ impl KnowledgeStore for PgStore {
         .execute(&mut *tx)
         .await?;
         let generation = Self::bump_generation(&mut tx, ctx, kb).await?;
+        // Fresh statistics after a large ingestion, so the planner uses HNSW.
+        sqlx::query("SELECT bulkhead_kb_analyze($1)").bind(added.len() as i64).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(Replaced { generation, removed, added }))
     }

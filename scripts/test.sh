@@ -53,7 +53,10 @@ unset BULKHEAD_TEST_SKIP_MINILM
 log "cargo test (SQLite, PostgreSQL, Redis, the openai SDK, the embedding model)"
 cargo test --workspace --locked "$@"
 
-log "README main job: scripts/quickstart.sh (with the binary the tests built)"
+log "README main job: scripts/demo.sh (with the binary the tests built)"
+BULKHEAD_BIN=target/debug/bulkhead bash scripts/demo.sh
+
+log "the curl walk-through: scripts/quickstart.sh"
 BULKHEAD_BIN=target/debug/bulkhead bash scripts/quickstart.sh
 
 log "the web console in headless Chromium: scripts/console-test.sh (screenshots in target/console-artifacts/)"

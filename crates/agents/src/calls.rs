@@ -105,7 +105,6 @@ pub async fn settle(
         request_id: tags.request_id.clone(),
         attributes,
     };
-    crate::metrics::tokens(ctx, &route.model, usage.input_tokens, usage.output_tokens);
     metering.settle(ctx, admitted, event).await?;
     Ok(cost)
 }
@@ -113,6 +112,14 @@ pub async fn settle(
 /// A whole non-streaming call over `routes`, in order, failing over on
 /// provider errors that may be transient. Returns the answer, its cost and
 /// the route that served it.
+#[tracing::instrument(
+    name = "model.call",
+    skip_all,
+    fields(
+        tenant.id = %ctx.tenant_id(),
+        gen_ai.request.model = routes.first().map_or("", |r| r.model.as_str()),
+    )
+)]
 pub async fn complete(
     metering: &Metering,
     models: &ModelRouter,

@@ -11,15 +11,19 @@
 //! or output is kept in the audit log — only a digest of the code.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bulkhead_audit::{Audit, AuditActor, AuditEvent, Outcome, action};
 use bulkhead_core::{Code, Error, Money, TenantBound, TenantCtx};
-use bulkhead_limits::RateKind;
+use bulkhead_limits::{ConcurrencyKind, RateKind};
 use bulkhead_metering::Metering;
 use bulkhead_models::ToolDef;
-use bulkhead_sandbox::{ExecOutcome, ExecRequest, Language, Sandbox, SandboxError, SandboxPolicy};
+use bulkhead_sandbox::{
+    ExecOutcome, ExecRequest, Language, RefusalCode, Sandbox, SandboxError, SandboxPolicy,
+};
 use bulkhead_store::{DynStore, UsageEvent, UsageKind};
+use bulkhead_telemetry::metrics;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -71,6 +75,11 @@ impl CodeRunner {
 
     /// Runs `req` for the tenant; see the module docs. A refusal is an
     /// error with the refusal's code in `details.refusal`.
+    #[tracing::instrument(
+        name = "sandbox.execute",
+        skip_all,
+        fields(tenant.id = %ctx.tenant_id(), language = req.language.as_str())
+    )]
     pub async fn execute(
         &self,
         ctx: &TenantCtx,
@@ -86,27 +95,36 @@ impl CodeRunner {
                                 "refusal": refusal, "reason": reason}))
         };
         let Some(sandbox) = &self.sandbox else {
+            metrics::sandbox_execution(ctx, "unavailable", Duration::ZERO);
             self.audit(ctx, caller, refused("no sandbox backend on this server".into(), "unavailable")).await;
             return Err(Error::new(Code::Unavailable, "code execution is not available on this server"));
         };
         let policy = self.policy(ctx).await?;
         // The policy first (cheap, and a disabled tenant is not charged a rate unit).
         if let Err(refusal) = policy.check(req) {
+            count_refusal(ctx, refusal.code);
             self.audit(ctx, caller, refused(refusal.reason.clone(), refusal.code.as_str())).await;
             return Err(refusal.into());
         }
         if let Err(e) = self.metering.check_rate(ctx, RateKind::SandboxExecs, 1).await {
+            // Metering counted the rate refusal itself.
+            metrics::sandbox_execution(ctx, "refused", Duration::ZERO);
             self.audit(ctx, caller, refused(e.message.to_string(), "rate_limited")).await;
             return Err(e);
         }
         let outcome = match sandbox.execute(ctx, &policy, req).await {
             Ok(o) => o,
             Err(SandboxError::Refused(refusal)) => {
+                count_refusal(ctx, refusal.code);
                 self.audit(ctx, caller, refused(refusal.reason.clone(), refusal.code.as_str())).await;
                 return Err(refusal.into());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                metrics::sandbox_execution(ctx, "error", Duration::ZERO);
+                return Err(e.into());
+            }
         };
+        metrics::sandbox_execution(ctx, outcome_label(&outcome), outcome.cpu_time);
         let cpu_ms = outcome.cpu_time.as_millis() as i64;
         let wall_ms = outcome.wall_time.as_millis() as i64;
         let usage = json!({
@@ -157,6 +175,29 @@ impl CodeRunner {
         if let Err(e) = self.metering.record(ctx, event).await {
             tracing::error!(error = %e, backend = outcome.backend, "could not meter a sandbox execution");
         }
+    }
+}
+
+/// Counts a refused execution: a tenant at its concurrency cap as a limit,
+/// anything else as the sandbox policy's refusal.
+fn count_refusal(ctx: &TenantCtx, code: RefusalCode) {
+    match code {
+        RefusalCode::TenantBusy => metrics::rate_limit_refused(ctx, ConcurrencyKind::SandboxExecs.as_str()),
+        code => metrics::policy_refused(ctx, "sandbox", code.as_str()),
+    }
+    metrics::sandbox_execution(ctx, "refused", Duration::ZERO);
+}
+
+/// The `outcome` label of an execution that ran.
+fn outcome_label(o: &ExecOutcome) -> &'static str {
+    if o.timed_out {
+        "timeout"
+    } else if o.limit_exceeded.is_some() {
+        "limit_exceeded"
+    } else if o.success() {
+        "success"
+    } else {
+        "failure"
     }
 }
 

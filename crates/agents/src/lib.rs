@@ -1,6 +1,6 @@
 //! Agents: definitions (versioned specs with prompt templates), the agent
 //! loop over threads (conversation memory), run events, workers with fair
-//! scheduling over the durable run queue, and run metrics.
+//! scheduling over the durable run queue.
 //!
 //! Invariants: a run executes only with the `TenantCtx` of the run's tenant;
 //! a model context is assembled only from items bound to that tenant
@@ -11,7 +11,6 @@ pub mod calls;
 pub mod code;
 pub mod events;
 pub mod knowledge_tool;
-pub mod metrics;
 pub mod runner;
 pub mod scheduler;
 pub mod spec;

@@ -263,6 +263,7 @@ impl Runner {
             }
             let mut request = ChatRequest::new("", messages.clone());
             request.tools = tools.clone();
+            request.max_tokens = spec.limits.max_output_tokens;
             let step_id = format!("{}-step-{}", run.id, totals.steps + 1);
             let (response, cost) = self.model_call(ctx, run, &routes, request, &step_id).await?;
             totals.steps += 1;

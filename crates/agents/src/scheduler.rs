@@ -255,6 +255,11 @@ impl Scheduler {
     }
 
     /// Executes one claimed run, renewing its lease, and records the outcome.
+    #[tracing::instrument(
+        name = "run",
+        skip_all,
+        fields(tenant.id = %ctx.tenant_id(), run.id = %run.id)
+    )]
     async fn work(&self, ctx: TenantCtx, run: Run) {
         let started = Instant::now();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -337,7 +342,7 @@ impl Scheduler {
         if let Err(e) = self.runner.metering.record(&ctx, event).await {
             tracing::warn!(error = %e.message, "could not record run time");
         }
-        crate::metrics::run_finished(&ctx, outcome.status, started.elapsed());
+        bulkhead_telemetry::metrics::run_finished(&ctx, outcome.status.as_str(), started.elapsed());
         let name = match outcome.status {
             RunStatus::Completed => "run.completed",
             RunStatus::Cancelled => "run.cancelled",

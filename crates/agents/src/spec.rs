@@ -73,11 +73,16 @@ pub struct RunLimits {
     pub max_tokens: u64,
     /// Wall time of the whole run.
     pub timeout_secs: u64,
+    /// Output tokens one model call may produce (`null`: the model's own
+    /// maximum). It also bounds the budget reservation of each call, whose
+    /// worst case is this many output tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
 }
 
 impl Default for RunLimits {
     fn default() -> Self {
-        Self { max_steps: 12, max_tokens: 50_000, timeout_secs: 300 }
+        Self { max_steps: 12, max_tokens: 50_000, timeout_secs: 300, max_output_tokens: None }
     }
 }
 
@@ -107,9 +112,10 @@ impl AgentSpec {
         if !(1..=200).contains(&l.max_steps)
             || !(1..=10_000_000).contains(&l.max_tokens)
             || !(1..=86_400).contains(&l.timeout_secs)
+            || l.max_output_tokens.is_some_and(|n| !(1..=1_000_000).contains(&n))
         {
             return Err(Error::invalid(
-                "limits: max_steps 1-200, max_tokens 1-10000000, timeout_secs 1-86400",
+                "limits: max_steps 1-200, max_tokens 1-10000000, timeout_secs 1-86400, max_output_tokens 1-1000000",
             ));
         }
         if self.model.is_empty() {
@@ -180,6 +186,10 @@ mod tests {
         assert!(AgentSpec::from_json(&serde_json::json!({"system_prompt": "hi"})).is_ok());
         assert!(AgentSpec::from_json(&serde_json::json!({"memory": {"strategy": "everything"}})).is_err());
         assert!(AgentSpec::from_json(&serde_json::json!({"limits": {"max_steps": 0}})).is_err());
+        assert!(AgentSpec::from_json(&serde_json::json!({"limits": {"max_output_tokens": 0}})).is_err());
+        let capped =
+            AgentSpec::from_json(&serde_json::json!({"limits": {"max_output_tokens": 256}})).unwrap();
+        assert_eq!(capped.limits.max_output_tokens, Some(256));
         assert!(AgentSpec::from_json(&serde_json::json!({"colour": "blue"})).is_err());
     }
 }

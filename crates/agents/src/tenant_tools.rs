@@ -393,6 +393,11 @@ impl TenantTools {
     ) -> Result<(String, bool), Error> {
         let name = base["tool"].as_str().unwrap_or_default();
         tracing::warn!(tenant = %ctx.tenant_id(), run = %run.id, tool = %name, reason = r.reason, "tool call refused");
+        // Rate and budget refusals were counted by metering already.
+        if !matches!(r.reason, "rate_limited" | "budget_exceeded") {
+            let scope = if r.reason == "egress_denied" { "egress" } else { "tool" };
+            bulkhead_telemetry::metrics::policy_refused(ctx, scope, r.reason);
+        }
         let mut details = base.clone();
         details["reason"] = json!(r.reason);
         let event = AuditEvent::new(action::TOOL_REFUSED, format!("tool:{name}"))
@@ -406,6 +411,11 @@ impl TenantTools {
     /// Returns the text for the model and whether the call succeeded; an
     /// error only for a failure of the platform (the store), or a result
     /// bound to another tenant.
+    #[tracing::instrument(
+        name = "tool.call",
+        skip_all,
+        fields(tenant.id = %tool_ctx.tenant.tenant_id(), tool.name = %call.name)
+    )]
     pub async fn call(
         &self,
         tool_ctx: &ToolCtx<'_>,
@@ -489,6 +499,10 @@ impl TenantTools {
             Err(e) => (Err(e), None),
         };
         let code = if mismatch.is_some() { "tenant_mismatch" } else { outcome.code };
+        bulkhead_telemetry::metrics::tool_call(ctx, kind.as_str(), code);
+        if outcome.denied {
+            bulkhead_telemetry::metrics::policy_refused(ctx, "egress", code);
+        }
 
         let event = UsageEvent {
             id: event_id.to_owned(),

@@ -21,6 +21,18 @@ pub const TENANT_SUSPENDED: &str = "tenant.suspended";
 pub const TENANT_RESUMED: &str = "tenant.resumed";
 pub const TENANT_DELETED: &str = "tenant.deleted";
 
+/// A cell (a deployment serving dedicated tenants) was registered or
+/// removed (platform chain; names, URL and key prefix only).
+pub const CELL_ADDED: &str = "cell.added";
+pub const CELL_REMOVED: &str = "cell.removed";
+/// A tenant's data moved between tiers (live move) or into or out of a
+/// cell (platform chain and, for tier moves, the tenant's: from, to, the
+/// pause, per-table row counts and checksums; never data).
+pub const TENANT_MOVED: &str = "tenant.moved";
+/// On a cell: a tenant's data arrived from its control plane, or left
+/// for it (platform chain: name, direction, row count).
+pub const TENANT_IMPORTED: &str = "tenant.imported";
+
 /// A secret in the vault was stored or deleted (names only, never values).
 pub const SECRET_PUT: &str = "secret.put";
 pub const SECRET_DELETED: &str = "secret.deleted";

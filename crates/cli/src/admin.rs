@@ -48,6 +48,22 @@ pub enum TenantCmd {
         #[arg(long)]
         metadata: Option<String>,
     },
+    /// Move a tenant's data to another tier, live: copied, verified (rows
+    /// and checksums per table), switched; its calls wait meanwhile.
+    Move {
+        tenant: String,
+        /// `shared` or `isolated`.
+        #[arg(long)]
+        tier: Tier,
+        /// A running server to ask (its process holds the tenant's calls
+        /// during the move); the operator key comes from
+        /// BULKHEAD_OPERATOR_KEY. Without it the move runs here, on the
+        /// configured store.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Suspend a tenant (its keys are refused).
     Suspend { tenant: String },
     /// Resume a suspended tenant.
@@ -218,6 +234,11 @@ fn key_event(name: &str, k: &ApiKey) -> AuditEvent {
 }
 
 pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
+    if let TenantCmd::Move { tenant, tier, url: Some(url), json } = &cmd {
+        let report = move_via_api(config, url, tenant, *tier).await?;
+        print_move(&report, *json);
+        return Ok(());
+    }
     let store = open(config).await?;
     let audit = Audit::new(store.clone());
     let op = OperatorCtx::local_cli();
@@ -261,6 +282,13 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
             }
             print_tenants(&[t], false);
         }
+        TenantCmd::Move { tenant, tier, url: _, json } => {
+            let t = resolve(&store, &op, &tenant).await?;
+            let result = store.move_tenant(&op, t.id, tier).await;
+            bulkhead_server::api::tenants::record_move(&audit, &op, t.id, tier, &result).await;
+            let report = result.map_err(fail)?;
+            print_move(&serde_json::to_value(bulkhead_server::api::tenants::MoveView::from(report))?, json);
+        }
         TenantCmd::Suspend { tenant } => {
             let t = resolve(&store, &op, &tenant).await?;
             let patch = TenantPatch { status: Some(TenantStatus::Suspended), ..Default::default() };
@@ -287,6 +315,98 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Asks a running server to move the tenant (`POST /v1/tenants/{id}/move`).
+async fn move_via_api(
+    config: &Config,
+    url: &str,
+    tenant: &str,
+    tier: Tier,
+) -> anyhow::Result<serde_json::Value> {
+    let key = config
+        .auth
+        .operator_key
+        .as_deref()
+        .context("set BULKHEAD_OPERATOR_KEY to an operator key of the server at --url")?;
+    let base = url.trim_end_matches('/');
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(600)).build()?;
+    let id = match tenant.parse::<TenantId>() {
+        Ok(id) => id.to_string(),
+        Err(_) => {
+            // By name: walk the operator's tenant list.
+            let mut after: Option<String> = None;
+            loop {
+                let cursor = after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
+                let req = http.get(format!("{base}/v1/tenants?limit=500{cursor}")).bearer_auth(key);
+                let page: serde_json::Value = api_json(req.send().await?).await?;
+                let items = page["data"].as_array().cloned().unwrap_or_default();
+                if let Some(t) = items.iter().find(|t| t["name"] == tenant) {
+                    break t["id"].as_str().unwrap_or_default().to_owned();
+                }
+                match page["next_after"].as_str() {
+                    Some(next) if page["has_more"] == true => after = Some(next.to_owned()),
+                    _ => bail!("no tenant {tenant:?} at {base}"),
+                }
+            }
+        }
+    };
+    let res = http
+        .post(format!("{base}/v1/tenants/{id}/move"))
+        .bearer_auth(key)
+        .json(&json!({"tier": tier}))
+        .send()
+        .await
+        .with_context(|| format!("calling {base}"))?;
+    api_json(res).await
+}
+
+/// The JSON body of a success, or the API's error as an error.
+async fn api_json(res: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = res.status();
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "{} ({status}): {}",
+            body["error"]["code"].as_str().unwrap_or("error"),
+            body["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(body)
+}
+
+fn print_move(report: &serde_json::Value, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        return;
+    }
+    let tables = report["tables"].as_array().cloned().unwrap_or_default();
+    table(
+        &["TABLE", "ROWS", "SHA256"],
+        tables
+            .iter()
+            .map(|t| {
+                vec![
+                    t["table"].as_str().unwrap_or_default().to_owned(),
+                    t["rows"].to_string(),
+                    t["sha256"].as_str().unwrap_or_default().to_owned(),
+                ]
+            })
+            .collect(),
+    );
+    println!(
+        "moved {} from {} to {}: verified, calls held {} ms (move took {} ms){}",
+        report["tenant_id"].as_str().unwrap_or_default(),
+        report["from"].as_str().unwrap_or_default(),
+        report["to"].as_str().unwrap_or_default(),
+        report["pause_ms"],
+        report["total_ms"],
+        if report["source_purged"] == false {
+            "; the source copy could not be removed, see the log"
+        } else {
+            ""
+        }
+    );
 }
 
 fn print_keys(keys: &[ApiKey], as_json: bool) {

@@ -11,6 +11,8 @@ use figment::providers::Serialized;
 
 mod admin;
 mod audit;
+mod cell;
+mod demo;
 mod kb;
 mod serve;
 
@@ -52,6 +54,12 @@ enum Command {
     Kb(kb::KbCmd),
     /// Run agent workers only (no HTTP API), on the configured store.
     Worker,
+    /// Cells: the deployments that serve dedicated tenants.
+    #[command(subcommand)]
+    Cell(cell::CellCmd),
+    /// The main job in one command: two tenants, their agents, knowledge,
+    /// tools, sandbox and budgets, and the isolation checks, offline.
+    Demo(demo::DemoArgs),
 }
 
 impl Cli {
@@ -76,29 +84,42 @@ impl Cli {
     }
 }
 
-fn init_logging(config: &Config, default_level: &str) {
+/// Logs to stderr (text or JSON) and, when `export_traces` and an OTLP
+/// endpoint is configured, spans to it; the returned exporter is shut down
+/// (flushed) at exit.
+fn init_logging(
+    config: &Config,
+    default_level: &str,
+    export_traces: bool,
+) -> anyhow::Result<Option<bulkhead_telemetry::otlp::Exporter>> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(if default_level.is_empty() { &config.log.filter } else { default_level })
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log.format == "json" {
-        builder.json().init();
+    let json = config.log.format == "json";
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr));
+    let traces = if export_traces {
+        bulkhead_telemetry::otlp::layer(&config.telemetry).map_err(anyhow::Error::msg)?
     } else {
-        builder.init();
-    }
+        None
+    };
+    let (traces, exporter) = traces.map_or((None, None), |(layer, exporter)| (Some(layer), Some(exporter)));
+    tracing_subscriber::registry().with(filter).with(text).with(json).with(traces).init();
+    Ok(exporter)
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let data_dir = cli.data_dir.clone();
     let config = Config::load(cli.config.as_deref(), &cli.flags()).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Admin commands print results on stdout; keep their logs to warnings.
-    init_logging(
-        &config,
-        if matches!(cli.command, Command::Serve(_) | Command::Worker) { "" } else { "warn" },
-    );
+    // Only the long-running processes export traces.
+    let long_running = matches!(cli.command, Command::Serve(_) | Command::Worker);
+    let exporter = init_logging(&config, if long_running { "" } else { "warn" }, long_running)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(config, args).await,
             Command::Migrate => {
@@ -112,6 +133,14 @@ fn main() -> anyhow::Result<()> {
             Command::Audit(cmd) => audit::audit(&config, cmd).await,
             Command::Kb(cmd) => kb::kb(&config, cmd).await,
             Command::Worker => serve::worker(config).await,
+            Command::Cell(cmd) => cell::cell(&config, cmd).await,
+            Command::Demo(args) => demo::run(config, data_dir, args).await,
         }
-    })
+    });
+    // The runtime first (its tasks end), then the last spans out.
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    result
 }

@@ -64,6 +64,17 @@ pub async fn worker(config: Config) -> anyhow::Result<()> {
     println!("worker running with {} slots", config.agents.workers);
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    if let Some(addr) = config.telemetry.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        println!("metrics on http://{}/metrics", listener.local_addr()?);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bulkhead_server::http_metrics::serve_metrics_only(listener, stop).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     let knowledge = services.knowledge.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { knowledge.run_jobs(stop.cancelled_owned()).await });

@@ -30,6 +30,52 @@ pub struct Config {
     /// and backend settings. Its shape belongs to `bulkhead-sandbox`
     /// (`SandboxConfig`), which validates it at start; empty = defaults.
     pub sandbox: serde_json::Value,
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry traces. Off unless `otlp_endpoint` is set: then spans of
+/// HTTP requests, runs, model calls, tool calls and sandbox executions (with
+/// `tenant.id`, never secrets, prompts or code) go to that OTLP/HTTP
+/// receiver (protobuf). Prometheus metrics are on the API's `GET /metrics`;
+/// a `bulkhead worker` serves its own on `metrics_listen`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://otel-collector:4318`;
+    /// traces are posted to `{otlp_endpoint}/v1/traces` (a URL already ending
+    /// in `/v1/traces` is used as is). Env: `BULKHEAD_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of traces kept, 0.0-1.0 (by trace id; a child follows its parent).
+    pub sample_ratio: f64,
+    /// `bulkhead worker` only (it has no API): where to serve `GET /metrics`
+    /// of what it counted, e.g. `0.0.0.0:9090`. None: not served.
+    /// Env: `BULKHEAD_METRICS_LISTEN`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "bulkhead".into(), sample_ratio: 1.0, metrics_listen: None }
+    }
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if let Some(url) = &self.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::invalid("telemetry.otlp_endpoint must be an http(s) URL"));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(Error::invalid("telemetry.sample_ratio must be between 0.0 and 1.0"));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(Error::invalid("telemetry.service_name must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 /// Tools that reach the network (`http_request`, tenant HTTP tools, MCP
@@ -174,6 +220,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Dedicated tenants: how long to wait for a TCP connection to their
+    /// cell before answering `cell_unavailable`.
+    pub cell_connect_timeout_ms: u64,
+    /// Dedicated tenants: the longest silence between two reads from a
+    /// cell (a stream may last longer; it may not stall longer).
+    pub cell_read_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -346,6 +398,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 2 * 1024 * 1024,
             shutdown_grace_secs: 20,
+            cell_connect_timeout_ms: 3_000,
+            cell_read_timeout_secs: 300,
         }
     }
 }
@@ -381,6 +435,8 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("LOG_FORMAT", "log.format"),
     ("LOG", "log.filter"),
     ("MINILM_DIR", "knowledge.model_dir"),
+    ("OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("METRICS_LISTEN", "telemetry.metrics_listen"),
 ];
 
 impl Config {
@@ -424,6 +480,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.server.max_body_bytes < 1024 {
             return Err(Error::invalid("server.max_body_bytes must be at least 1024"));
+        }
+        if !(1..=60_000).contains(&self.server.cell_connect_timeout_ms)
+            || self.server.cell_read_timeout_secs == 0
+        {
+            return Err(Error::invalid(
+                "server.cell_connect_timeout_ms must be 1-60000 and server.cell_read_timeout_secs at least 1",
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(Error::invalid("log.format must be `text` or `json`"));
@@ -502,6 +565,7 @@ impl Config {
             return Err(Error::invalid("store.max_connections must be at least 1"));
         }
         self.tools.validate()?;
+        self.telemetry.validate()?;
         Ok(())
     }
 }
@@ -557,6 +621,24 @@ mod tests {
             assert_eq!(c.tools.egress_exceptions, ["127.0.0.1:8080", "[::1]:9000"]);
             assert_eq!(c.tools.timeout_ms, 5000);
             jail.set_env("BULKHEAD_TOOLS__EGRESS_EXCEPTIONS", r#"["localhost:80"]"#);
+            assert!(Config::load(None, &Figment::new()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_set_from_the_environment() {
+        assert_eq!(Config::default().telemetry.otlp_endpoint, None);
+        Jail::expect_with(|jail| {
+            jail.set_env("BULKHEAD_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+            jail.set_env("BULKHEAD_TELEMETRY__SAMPLE_RATIO", "0.25");
+            let c = Config::load(None, &Figment::new()).expect("load");
+            assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+            assert_eq!(c.telemetry.sample_ratio, 0.25);
+            jail.set_env("BULKHEAD_TELEMETRY__SAMPLE_RATIO", "2");
+            assert!(Config::load(None, &Figment::new()).is_err());
+            jail.set_env("BULKHEAD_TELEMETRY__SAMPLE_RATIO", "1");
+            jail.set_env("BULKHEAD_OTLP_ENDPOINT", "collector:4318");
             assert!(Config::load(None, &Figment::new()).is_err());
             Ok(())
         });

@@ -48,6 +48,16 @@ pub enum Code {
     MethodNotAllowed,
     /// The server is not ready (e.g. the store is unreachable).
     Unavailable,
+    /// The tenant lives in a cell (its own deployment) that did not answer:
+    /// down, unreachable or too slow to connect. Nothing was served from
+    /// elsewhere; retry later.
+    CellUnavailable,
+    /// The tenant's data is being moved between tiers right now; retry in
+    /// a moment.
+    TenantMoving,
+    /// The tenant is served by another cell (its own deployment), not by
+    /// this store.
+    WrongCell,
     /// An unexpected failure; details are in the server log under the request id.
     Internal,
 }
@@ -72,6 +82,9 @@ impl Code {
         Code::BudgetExceeded,
         Code::MethodNotAllowed,
         Code::Unavailable,
+        Code::CellUnavailable,
+        Code::TenantMoving,
+        Code::WrongCell,
         Code::Internal,
     ];
 
@@ -90,6 +103,9 @@ impl Code {
             Code::BudgetExceeded => 402,
             Code::Internal => 500,
             Code::Unavailable => 503,
+            Code::CellUnavailable => 502,
+            Code::TenantMoving => 503,
+            Code::WrongCell => 421,
         }
     }
 
@@ -112,6 +128,9 @@ impl Code {
             Code::BudgetExceeded => "budget_exceeded",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::Unavailable => "unavailable",
+            Code::CellUnavailable => "cell_unavailable",
+            Code::TenantMoving => "tenant_moving",
+            Code::WrongCell => "wrong_cell",
             Code::Internal => "internal",
         }
     }
@@ -136,6 +155,9 @@ impl Code {
             Code::BudgetExceeded => "the tenant's budget does not cover the request",
             Code::MethodNotAllowed => "the method is not allowed on this path",
             Code::Unavailable => "the service is not ready",
+            Code::CellUnavailable => "the tenant's cell (its dedicated deployment) did not answer",
+            Code::TenantMoving => "the tenant's data is moving between tiers; retry shortly",
+            Code::WrongCell => "the tenant is served by another cell, not this deployment's store",
             Code::Internal => "unexpected failure; see the server log for the request id",
         }
     }

@@ -12,6 +12,8 @@
 //! if its worst-case cost fits what remains of the tenant's budget (spent +
 //! reserved + this ≤ limit, decided atomically in the store); every usage
 //! event is recorded once per (tenant, id), however often it is written.
+//! Every refusal here (rate, concurrency, budget) and every usage event the
+//! ledger records as new is counted in `bulkhead_telemetry::metrics`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use bulkhead_core::{Code, Error, Money, TenantCtx, TenantId};
 use bulkhead_limits::{ConcurrencyKind, Decision, Limiter, Permit, RateKind, TenantLimits};
-use bulkhead_store::{DynStore, ReservationId, Reserve, UsageEvent, UsageWrite};
+use bulkhead_store::{DynStore, ReservationId, Reserve, UsageEvent, UsageKind, UsageWrite};
+use bulkhead_telemetry::metrics;
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -180,6 +183,7 @@ impl Metering {
     ) -> Result<(), Error> {
         let Some(per_minute) = terms.limits.per_minute(kind) else { return Ok(()) };
         if units > per_minute {
+            metrics::rate_limit_refused(ctx, kind.as_str());
             return Err(Error::new(
                 Code::RateLimited,
                 format!(
@@ -192,6 +196,7 @@ impl Metering {
         match self.inner.limiter.check(ctx, kind, per_minute, units).await? {
             Decision::Allowed { .. } => Ok(()),
             Decision::Limited { retry_after } => {
+                metrics::rate_limit_refused(ctx, kind.as_str());
                 Err(bulkhead_limits::rate_limited(kind, per_minute, retry_after))
             }
         }
@@ -214,7 +219,10 @@ impl Metering {
         {
             match self.inner.limiter.acquire(ctx, kind, max, self.inner.config.permit_lease).await? {
                 Some(p) => permit = Some(p),
-                None => return Err(bulkhead_limits::concurrency_limited(kind, max)),
+                None => {
+                    metrics::rate_limit_refused(ctx, kind.as_str());
+                    return Err(bulkhead_limits::concurrency_limited(kind, max));
+                }
             }
         }
         let now = OffsetDateTime::now_utc();
@@ -225,6 +233,7 @@ impl Metering {
             Ok(Reserve::Reserved { id, .. }) => Some(id),
             Ok(Reserve::Exceeded { period, limit, spent, reserved, requested }) => {
                 self.release_permit(permit).await;
+                metrics::budget_refused(ctx, period.as_str());
                 tracing::info!(tenant = %ctx.tenant_id(), period = period.as_str(), %limit, %spent, %reserved, %requested, "budget refused admission");
                 return Err(Error::new(
                     Code::BudgetExceeded,
@@ -258,11 +267,13 @@ impl Metering {
         bulkhead_store::usage::validate_event(&event)?;
         let actual_tokens = (event.input_tokens + event.output_tokens).max(0) as u64;
         let tokens = admitted.tokens_charged;
+        let observed = Observed::of(&event);
         let result = self
             .inner
             .ledger
             .write(UsageWrite { ctx: ctx.clone(), event, settles: admitted.reservation })
             .await;
+        observed.count(ctx, &result);
         if let Some((charged, per_minute)) = tokens {
             let delta = actual_tokens as i64 - charged as i64;
             if delta != 0
@@ -291,7 +302,10 @@ impl Metering {
     /// Records usage that needed no admission (e.g. storage, run time).
     pub async fn record(&self, ctx: &TenantCtx, event: UsageEvent) -> Result<bool, Error> {
         bulkhead_store::usage::validate_event(&event)?;
-        self.inner.ledger.write(UsageWrite { ctx: ctx.clone(), event, settles: None }).await
+        let observed = Observed::of(&event);
+        let result = self.inner.ledger.write(UsageWrite { ctx: ctx.clone(), event, settles: None }).await;
+        observed.count(ctx, &result);
+        result
     }
 
     fn check_owner(&self, ctx: &TenantCtx, admitted: &Admitted) -> Result<(), Error> {
@@ -307,6 +321,35 @@ impl Metering {
             && let Err(e) = self.inner.limiter.release(p).await
         {
             tracing::warn!(error = %e, "could not release a concurrency permit; its lease will expire");
+        }
+    }
+}
+
+/// What the metrics take from a usage event, kept while the event goes to
+/// the ledger; counted once, when the ledger recorded it as new (a replayed
+/// id is not counted again).
+struct Observed {
+    kind: &'static str,
+    name: String,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost: Money,
+}
+
+impl Observed {
+    fn of(event: &UsageEvent) -> Self {
+        Self {
+            kind: event.kind.as_str(),
+            name: if event.kind == UsageKind::Llm { event.name.clone() } else { String::new() },
+            input_tokens: event.input_tokens.max(0) as u64,
+            output_tokens: event.output_tokens.max(0) as u64,
+            cost: event.cost,
+        }
+    }
+
+    fn count(self, ctx: &TenantCtx, written: &Result<bool, Error>) {
+        if matches!(written, Ok(true)) {
+            metrics::usage(ctx, self.kind, &self.name, self.input_tokens, self.output_tokens, self.cost);
         }
     }
 }

@@ -116,8 +116,9 @@ pub async fn authenticate(
     if let Some(slot) = &acted_for {
         req.extensions_mut().insert(slot.clone());
     }
-    req.extensions_mut().insert(principal);
-    let response = next.run(req).await;
+    req.extensions_mut().insert(principal.clone());
+    // A tenant served by a cell (tier `dedicated`) is forwarded there.
+    let response = crate::proxy::dispatch(&state, &principal, req, next).await;
     if let Some(ctx) = acted_for.as_ref().and_then(|slot| slot.0.get()) {
         let status = response.status();
         let outcome = match status.as_u16() {

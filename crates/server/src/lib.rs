@@ -29,9 +29,12 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod cells;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod http_metrics;
+pub mod proxy;
 
 pub use error::ApiError;
 
@@ -47,6 +50,8 @@ pub struct AppState {
     pub audit: bulkhead_audit::Audit,
     pub code: bulkhead_agents::CodeRunner,
     pub max_queued_runs: i64,
+    /// The cells that serve dedicated tenants, and the client to reach them.
+    pub cells: cells::Cells,
     pub config: Arc<ServerConfig>,
 }
 
@@ -63,6 +68,12 @@ impl AppState {
             code,
             max_queued_runs,
         } = services;
+        let cells = cells::Cells::new(
+            store.clone(),
+            vault.clone(),
+            Duration::from_millis(config.cell_connect_timeout_ms),
+            Duration::from_secs(config.cell_read_timeout_secs),
+        );
         Self {
             store,
             metering,
@@ -73,6 +84,7 @@ impl AppState {
             audit,
             code,
             max_queued_runs,
+            cells,
             config: Arc::new(config),
         }
     }
@@ -85,6 +97,7 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = api::v1_routes()
         // Inside authentication, so it sees who was refused.
         .layer(axum::middleware::from_fn(api::overview::count_refusals))
+        .layer(axum::middleware::from_fn(http_metrics::tag_tenant))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     OpenApiRouter::with_openapi(api::ApiDoc::openapi())
         .merge(api::health::routes())
@@ -118,6 +131,8 @@ pub fn app(state: AppState) -> Router {
         .merge(console::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        // Runs after routing (it sees the matched route), inside the span.
+        .layer(axum::middleware::from_fn(http_metrics::observe))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -129,6 +144,10 @@ pub fn app(state: AppState) -> Router {
                 path = %req.uri().path(),
                 tenant = tracing::field::Empty,
                 operator = tracing::field::Empty,
+                // OpenTelemetry's names, filled by `http_metrics`.
+                "tenant.id" = tracing::field::Empty,
+                "http.route" = tracing::field::Empty,
+                "http.response.status_code" = tracing::field::Empty,
             )
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -149,7 +168,9 @@ pub async fn serve(
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let app = app(state);
     let signal = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
+    // With the peer's address, for `X-Forwarded-For` on requests proxied to cells.
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { signal.cancelled().await });
     tokio::select! {
         res = server => res,
         // In-flight requests get `grace` after the signal, then we stop anyway.

@@ -16,6 +16,12 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("setup: {0}")]
     Setup(String),
+    /// The tenant's data is moving between tiers; the call may be retried.
+    #[error("the tenant's data is moving between tiers; retry shortly")]
+    Moving,
+    /// The tenant is `dedicated`: its data lives in its cell, not here.
+    #[error("the tenant is served by its own cell, not by this store")]
+    WrongCell,
 }
 
 impl From<StoreError> for Error {
@@ -24,6 +30,8 @@ impl From<StoreError> for Error {
             StoreError::NotFound(what) => Error::not_found(what),
             StoreError::Conflict(msg) => Error::new(Code::Conflict, msg),
             StoreError::Invalid(msg) => Error::new(Code::InvalidRequest, msg),
+            StoreError::Moving => Error::new(Code::TenantMoving, StoreError::Moving.to_string()),
+            StoreError::WrongCell => Error::new(Code::WrongCell, StoreError::WrongCell.to_string()),
             other => Error::internal(other),
         }
     }

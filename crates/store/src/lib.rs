@@ -20,10 +20,13 @@ use time::OffsetDateTime;
 
 pub mod agents;
 pub mod audit;
+pub mod cells;
+pub mod dump;
 mod error;
 pub mod knowledge;
 pub mod model;
 pub mod postgres;
+pub mod routed;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
@@ -35,6 +38,8 @@ pub use agents::{
     TenantQueue, Thread,
 };
 pub use audit::{AuditChain, AuditEntry, AuditHead, AuditQuery, AuditStore, NewAuditEntry};
+pub use cells::{Cell, CellStore, KeyRecord, NewCell, Placement, SealedCredential};
+pub use dump::{MoveReport, TableDump, TableSum, TenantDataStore, TenantDump, TenantRoute};
 pub use error::StoreError;
 pub use knowledge::{
     ChunkText, DocStatus, Document, KnowledgeBase, KnowledgeStore, KnowledgeUsage, MetadataFilter, NewChunk,
@@ -212,6 +217,8 @@ pub trait Store:
     + KnowledgeStore
     + AuditStore
     + ToolStore
+    + CellStore
+    + TenantDataStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
@@ -221,20 +228,24 @@ pub trait Store:
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the configured store and brings its schema up to date.
+/// Opens the configured store and brings its schema up to date: the
+/// control store, routed by tenant tier ([`routed::RoutedStore`]).
 pub async fn open(config: &StoreConfig) -> Result<DynStore> {
-    match &config.database_url {
+    let control: DynStore = match &config.database_url {
         Some(url) => {
             let store = postgres::PgStore::connect(url, &config.app_role, config.max_connections).await?;
-            Ok(Arc::new(store))
+            Arc::new(store)
         }
         None => {
             let store = sqlite::SqliteStore::open(&config.data_dir, config.max_connections).await?;
-            Ok(Arc::new(store))
+            Arc::new(store)
         }
-    }
+    };
+    Ok(Arc::new(routed::RoutedStore::new(control, config)))
 }
 
+#[cfg(test)]
+mod dump_tests;
 #[cfg(test)]
 mod knowledge_tests;
 #[cfg(test)]

@@ -11,14 +11,17 @@ use crate::StoreError;
 /// Largest metadata object, serialized.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
-#[derive(Debug, Clone, PartialEq)]
+/// A tenant's control row. Serializable so a tenant dump can carry it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tenant {
     pub id: TenantId,
     pub name: String,
     pub tier: Tier,
     pub status: TenantStatus,
     pub metadata: Value,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 

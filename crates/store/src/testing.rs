@@ -81,30 +81,69 @@ pub async fn dump_all_rows(config: &StoreConfig) -> Result<Vec<(String, String)>
                 }
             }
         }
-        None => {
-            let path = config.data_dir.join("bulkhead.db");
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
-            let tables: Vec<String> =
-                sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")
-                    .fetch_all(&mut conn)
-                    .await?;
-            for table in tables {
-                let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT name FROM pragma_table_info('{table}')"
-                )))
+        None => out = sqlite_file_rows(&config.data_dir.join("bulkhead.db")).await?,
+    }
+    Ok(out)
+}
+
+/// Every row of every table of one SQLite file, as text.
+pub async fn sqlite_file_rows(path: &Path) -> Result<Vec<(String, String)>> {
+    use sqlx::{Connection, Row};
+    let mut out = Vec::new();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")
+            .fetch_all(&mut conn)
+            .await?;
+    for table in tables {
+        let cols: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
                 .fetch_all(&mut conn)
                 .await?;
-                // quote() renders every value, blobs as X'..', as SQL text.
-                let expr =
-                    cols.iter().map(|c| format!("quote(\"{c}\")")).collect::<Vec<_>>().join(" || ',' || ");
-                let sql = format!("SELECT {expr} FROM \"{table}\"");
-                for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await? {
-                    out.push((table.clone(), row.try_get::<String, _>(0)?));
-                }
-            }
+        // quote() renders every value, blobs as X'..', as SQL text.
+        let expr = cols.iter().map(|c| format!("quote(\"{c}\")")).collect::<Vec<_>>().join(" || ',' || ");
+        let sql = format!("SELECT {expr} FROM \"{table}\"");
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await? {
+            out.push((table.clone(), row.try_get::<String, _>(0)?));
         }
     }
     Ok(out)
+}
+
+/// Every row of an isolated tenant's own store (its SQLite file, or its
+/// PostgreSQL database), read with the owner's rights; empty if it has none.
+pub async fn isolated_rows(
+    config: &StoreConfig,
+    tenant: bulkhead_core::TenantId,
+) -> Result<Vec<(String, String)>> {
+    use sqlx::Connection;
+    match &config.database_url {
+        Some(url) => {
+            let name = crate::routed::isolated_database(tenant);
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut conn)
+                    .await?;
+            conn.close().await?;
+            if !exists {
+                return Ok(Vec::new());
+            }
+            let own = StoreConfig {
+                database_url: Some(crate::routed::database_url(url, &name)?),
+                ..config.clone()
+            };
+            dump_all_rows(&own).await
+        }
+        None => {
+            let path = config.data_dir.join("tenants").join(format!("{tenant}.db"));
+            if !path.exists() {
+                return Ok(Vec::new());
+            }
+            sqlite_file_rows(&path).await
+        }
+    }
 }
 
 /// Tables that hold a `tenant_id` column: the tenant-owned tables.

@@ -32,7 +32,7 @@ where
 /// Gives a tenant a row in every tenant-owned table: keys, usage and its
 /// aggregates, a budget, an alert, a reservation, settings. Tests that walk
 /// every table (RLS, deletion) rely on it: extend it with each new table.
-async fn plant_everything(store: &DynStore, ctx: &TenantCtx) {
+pub(crate) async fn plant_everything(store: &DynStore, ctx: &TenantCtx) {
     let now = time::OffsetDateTime::now_utc();
     store
         .create_tenant_key(ctx, "k", Scope::TenantApp, &keys::generate(KeyKind::Tenant), None)

@@ -181,6 +181,10 @@ fn dek_aad(ctx: &TenantCtx) -> Vec<u8> {
     format!("bulkhead-dek:{}", ctx.tenant_id()).into_bytes()
 }
 
+fn platform_aad(label: &str) -> Vec<u8> {
+    format!("bulkhead-platform:{label}").into_bytes()
+}
+
 fn secret_aad(ctx: &TenantCtx, kind: SecretKind, name: &str) -> Vec<u8> {
     format!("bulkhead-secret:{}:{}:{name}", ctx.tenant_id(), kind.as_str()).into_bytes()
 }
@@ -248,6 +252,23 @@ impl Vault {
 
     pub async fn delete(&self, ctx: &TenantCtx, kind: SecretKind, name: &str) -> Result<bool, Error> {
         Ok(self.store.delete_secret(ctx, kind.as_str(), name).await?)
+    }
+
+    /// Seals a platform secret (no tenant: e.g. a cell's operator key)
+    /// directly under the master key; `label` names what it is for and
+    /// is bound as associated data, so the sealed value opens only under
+    /// the same label. Returns (ciphertext, nonce).
+    pub fn seal_platform(&self, label: &str, value: &str) -> (Vec<u8>, Vec<u8>) {
+        seal(&self.master.0, value.as_bytes(), &platform_aad(label))
+    }
+
+    /// Opens what [`Vault::seal_platform`] sealed under `label`, for an
+    /// outgoing request only.
+    pub fn open_platform(&self, label: &str, ciphertext: &[u8], nonce: &[u8]) -> Result<Secret, Error> {
+        let plain = open(&self.master.0, ciphertext, nonce, &platform_aad(label))?;
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| Error::internal("a sealed platform secret is not UTF-8"))
     }
 
     /// Names and dates of the tenant's secrets of a kind — never values.
@@ -318,6 +339,17 @@ mod tests {
             assert!(vault.reveal(&a, SecretKind::ProviderKey, "openai").await.unwrap().is_none());
             drop(store);
         }
+    }
+
+    #[tokio::test]
+    async fn platform_secrets_open_only_under_their_label_and_key() {
+        let (vault, store, _a, _b, _config, _dir) = setup("sqlite").await;
+        let (ct, nonce) = vault.seal_platform("cell:eu-1", "bh_op_secret");
+        assert!(!ct.windows(12).any(|w| w == b"bh_op_secret"));
+        assert_eq!(vault.open_platform("cell:eu-1", &ct, &nonce).unwrap().expose(), "bh_op_secret");
+        assert!(vault.open_platform("cell:eu-2", &ct, &nonce).is_err());
+        let other = Vault::new(store, MasterKey::generate());
+        assert!(other.open_platform("cell:eu-1", &ct, &nonce).is_err());
     }
 
     #[tokio::test]

@@ -11,16 +11,16 @@ fn bulkhead(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).env_remove("RUST_LOG").output().expect("run bulkhead")
 }
 
-struct Served {
-    child: Child,
-    base: String,
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     stdout_lines: Vec<String>,
 }
 
 /// Starts `bulkhead serve` and reads stdout up to its `listening on` line.
 /// The child is reaped by `terminate`.
 #[allow(clippy::zombie_processes)]
-fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
+pub(crate) fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0"])
@@ -48,7 +48,7 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
     }
 }
 
-fn terminate(mut served: Served) -> std::process::ExitStatus {
+pub(crate) fn terminate(mut served: Served) -> std::process::ExitStatus {
     let pid = served.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     for _ in 0..200 {
@@ -212,7 +212,7 @@ async fn migrate_works_on_postgres() {
 }
 
 /// A tenant on a served store, through the API; returns (tenant id, app key).
-async fn served_tenant(base: &str, op: &str, name: &str) -> (String, String) {
+pub(crate) async fn served_tenant(base: &str, op: &str, name: &str) -> (String, String) {
     let http = reqwest::Client::new();
     let t: serde_json::Value = http
         .post(format!("{base}/v1/tenants"))
@@ -238,7 +238,7 @@ async fn served_tenant(base: &str, op: &str, name: &str) -> (String, String) {
     (id, k["secret"].as_str().unwrap().to_owned())
 }
 
-fn fixed_operator_key() -> String {
+pub(crate) fn fixed_operator_key() -> String {
     format!("bh_op_00000000abcd_{}", "s".repeat(43))
 }
 
@@ -328,7 +328,7 @@ async fn acknowledged_events_survive_kill_9_on_postgres() {
     acknowledged_events_survive_kill_9(vec!["--database-url".into(), url]).await;
 }
 
-fn redis_url() -> Option<String> {
+pub(crate) fn redis_url() -> Option<String> {
     match std::env::var("BULKHEAD_TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("BULKHEAD_TEST_SKIP_REDIS").as_deref() == Ok("1") => None,

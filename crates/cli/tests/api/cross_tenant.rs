@@ -7,6 +7,8 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use bulkhead_core::Tier;
+
 use crate::both_backends;
 use crate::common::{TestServer, TestTenant, canary};
 
@@ -57,11 +59,27 @@ fn probes() -> Vec<Probe> {
         with_body(Method::PATCH, "/v1/tenants/{a_tenant}", json!({"name": "stolen"}), Forbidden),
         probe(Method::DELETE, "/v1/tenants/{a_tenant}", Forbidden),
         probe(Method::POST, "/v1/tenants/{a_tenant}/suspend", Forbidden),
+        with_body(Method::POST, "/v1/tenants/{a_tenant}/move", json!({"tier": "isolated"}), Forbidden),
         probe(Method::GET, "/v1/tenants/{a_tenant}/keys", Forbidden),
         with_body(Method::POST, "/v1/tenants/{a_tenant}/keys", json!({"name": "x"}), Forbidden),
         probe(Method::DELETE, "/v1/tenants/{a_tenant}/keys/{a_app_key}", Forbidden),
         probe(Method::GET, "/v1/operator-keys", Forbidden),
         probe(Method::GET, "/v1/overview", Forbidden),
+        // Cells (operator), and what a cell offers its control plane.
+        probe(Method::GET, "/v1/cells", Forbidden),
+        with_body(
+            Method::POST,
+            "/v1/cells",
+            json!({"name": "x", "base_url": "http://x", "operator_key": "x"}),
+            Forbidden,
+        ),
+        probe(Method::GET, "/v1/cells/x", Forbidden),
+        probe(Method::DELETE, "/v1/cells/x", Forbidden),
+        with_body(Method::PUT, "/v1/tenants/{a_tenant}/key-records", json!({"keys": []}), Forbidden),
+        with_body(Method::POST, "/v1/tenants/import", json!({}), Forbidden),
+        probe(Method::GET, "/v1/tenants/{a_tenant}/checksums", Forbidden),
+        probe(Method::POST, "/v1/tenants/{a_tenant}/export", Forbidden),
+        probe(Method::DELETE, "/v1/tenants/{a_tenant}/export", Forbidden),
         // Usage, budgets, limits, pricing.
         probe(Method::GET, "/v1/usage", Own),
         probe(Method::GET, "/v1/usage?group_by=day,model,agent,kind", Own),
@@ -335,11 +353,67 @@ fn fill(text: &str, v: &Victim) -> String {
         .replace("{a_secret}", &v.tools.secret_name)
 }
 
+/// Puts a tenant in a tier. Shared and isolated are live moves of its
+/// data (what was planted goes along); dedicated moves it into a cell of
+/// its own — a second server on its own store, returned to keep it up.
+async fn set_tier(server: &TestServer, tenant: &TestTenant, tier: Tier) -> Option<TestServer> {
+    let path = format!("/v1/tenants/{}/move", tenant.id);
+    match tier {
+        Tier::Shared | Tier::Isolated => {
+            let moved = server.post(&path, &server.operator_key, json!({"tier": tier})).await;
+            assert_eq!(moved.expect(200)["to"], tier.as_str());
+            None
+        }
+        Tier::Dedicated => {
+            let cell = TestServer::start(server.store.backend()).await;
+            let name = format!("cell-{}", tenant.name);
+            let body = json!({"name": name, "base_url": cell.base, "operator_key": cell.operator_key});
+            server.post("/v1/cells", &server.operator_key, body).await.expect(201);
+            let moved =
+                server.post(&path, &server.operator_key, json!({"tier": "dedicated", "cell": name})).await;
+            assert_eq!(moved.expect(200)["to"], "dedicated");
+            Some(cell)
+        }
+    }
+}
+
 async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
+    b_sees_nothing_of_a(backend, Tier::Shared, Tier::Shared).await
+}
+both_backends!(tenant_b_sees_nothing_of_a);
+
+/// Both tenants in stores of their own.
+async fn isolated_b_sees_nothing_of_isolated_a(backend: &'static str) {
+    b_sees_nothing_of_a(backend, Tier::Isolated, Tier::Isolated).await
+}
+both_backends!(isolated_b_sees_nothing_of_isolated_a);
+
+/// A in a store of its own, B in the shared one.
+async fn shared_b_sees_nothing_of_isolated_a(backend: &'static str) {
+    b_sees_nothing_of_a(backend, Tier::Isolated, Tier::Shared).await
+}
+both_backends!(shared_b_sees_nothing_of_isolated_a);
+
+/// A in a cell of its own (proxied), B in the shared store.
+async fn shared_b_sees_nothing_of_dedicated_a(backend: &'static str) {
+    b_sees_nothing_of_a(backend, Tier::Dedicated, Tier::Shared).await
+}
+both_backends!(shared_b_sees_nothing_of_dedicated_a);
+
+/// B in a cell of its own, probing A in the shared store through the proxy.
+async fn dedicated_b_sees_nothing_of_shared_a(backend: &'static str) {
+    b_sees_nothing_of_a(backend, Tier::Shared, Tier::Dedicated).await
+}
+both_backends!(dedicated_b_sees_nothing_of_shared_a);
+
+/// The probes, with A and B in the given tiers.
+async fn b_sees_nothing_of_a(backend: &'static str, a_tier: Tier, b_tier: Tier) {
     let server = TestServer::start(backend).await;
     let (victim, canaries) = plant(&server).await;
     let a = &victim.tenant;
     let b = server.tenant("tenant-b", json!({"note": "b"})).await;
+    let _a_cell = set_tier(&server, a, a_tier).await;
+    let _b_cell = set_tier(&server, &b, b_tier).await;
 
     for p in probes() {
         let path = fill(p.path, &victim);
@@ -416,7 +490,6 @@ async fn tenant_b_sees_nothing_of_a(backend: &'static str) {
         "B could not delete A's credential"
     );
 }
-both_backends!(tenant_b_sees_nothing_of_a);
 
 async fn operator_acting_for_a_tenant_sees_only_that_tenant(backend: &'static str) {
     let server = TestServer::start(backend).await;

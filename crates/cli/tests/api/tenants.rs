@@ -124,6 +124,7 @@ async fn health_readiness_and_openapi() {
         ("/v1/tenants/{tenant_id}", &["get", "patch", "delete"]),
         ("/v1/tenants/{tenant_id}/suspend", &["post"]),
         ("/v1/tenants/{tenant_id}/resume", &["post"]),
+        ("/v1/tenants/{tenant_id}/move", &["post"]),
         ("/v1/tenants/{tenant_id}/keys", &["get", "post"]),
         ("/v1/tenants/{tenant_id}/keys/{key_id}", &["delete"]),
         ("/v1/tenant", &["get"]),
@@ -177,6 +178,12 @@ async fn health_readiness_and_openapi() {
         ("/v1/sandbox/policy", &["get"]),
         ("/v1/tenants/{tenant_id}/sandbox", &["get", "put"]),
         ("/v1/overview", &["get"]),
+        ("/v1/cells", &["get", "post"]),
+        ("/v1/cells/{name}", &["get", "delete"]),
+        ("/v1/tenants/{tenant_id}/key-records", &["put"]),
+        ("/v1/tenants/import", &["post"]),
+        ("/v1/tenants/{tenant_id}/checksums", &["get"]),
+        ("/v1/tenants/{tenant_id}/export", &["post", "delete"]),
     ] {
         for m in methods {
             assert!(
@@ -185,7 +192,7 @@ async fn health_readiness_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 59, "a route was added: list it above");
+    assert_eq!(paths.len(), 66, "a route was added: list it above");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     // Every response carries a request id.

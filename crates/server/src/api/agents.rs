@@ -385,6 +385,7 @@ async fn create_run(
     {
         Ok(run) => run,
         Err(bulkhead_store::StoreError::Conflict(c)) if c == "queue_full" => {
+            bulkhead_telemetry::metrics::rate_limit_refused(&ctx, "queued_runs");
             return Err(ApiError(
                 bulkhead_core::Error::new(
                     Code::QueueFull,

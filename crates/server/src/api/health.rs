@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use bulkhead_core::Code;
+use bulkhead_telemetry::metrics::QueueDepth;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,17 +24,25 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
 }
 
-/// Prometheus metrics: queued and active runs per tenant (from the store,
-/// so every process reports the whole queue), run durations and model
-/// tokens per tenant (this process). Tenant labels are capped at 1,000.
+/// Prometheus metrics (text format 0.0.4): queued and active runs per
+/// tenant (from the store, so every process reports the whole queue); and,
+/// counted by this process, finished runs and their durations, model tokens
+/// and cost, rate-limit, budget and policy refusals, sandbox executions and
+/// CPU time, tool calls, and HTTP latency by route. Tenant labels are capped
+/// at 1,000 (further tenants are `tenant="other"`); see
+/// `bulkhead_telemetry::metrics` for every family.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(
     State(state): State<AppState>,
 ) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], String)> {
     let queue = state.store.queue_overview(&bulkhead_core::OperatorCtx::local_cli()).await?;
+    let queue: Vec<QueueDepth> = queue
+        .iter()
+        .map(|q| QueueDepth { tenant: q.tenant_id, queued: q.queued, running: q.running })
+        .collect();
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        bulkhead_agents::metrics::render(&queue),
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        bulkhead_telemetry::metrics::render(&queue),
     ))
 }
 

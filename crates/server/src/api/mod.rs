@@ -53,6 +53,7 @@ pub mod usage;
         (name = "tools", description = "Tenant HTTP tools, MCP servers, tool and egress allow lists"),
         (name = "secrets", description = "Tool credentials in the vault: write-only"),
         (name = "sandbox", description = "Code execution in an isolated sandbox"),
+        (name = "cells", description = "Operator: cells (deployments) serving dedicated tenants"),
     )
 )]
 pub struct ApiDoc;
@@ -85,6 +86,7 @@ pub fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(secrets::routes())
         .merge(sandbox::routes())
         .merge(overview::routes())
+        .merge(crate::cells::routes())
 }
 
 pub async fn not_found() -> ApiError {

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use bulkhead_audit::{AuditEvent, action};
 use bulkhead_core::tenancy::TenantStatus;
 use bulkhead_core::{TenantId, Tier};
-use bulkhead_store::{NewTenant, Tenant, TenantPatch};
+use bulkhead_store::{MoveReport, NewTenant, Tenant, TenantPatch};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -27,6 +27,8 @@ pub struct TenantView {
     pub id: TenantId,
     pub name: String,
     pub tier: Tier,
+    /// The cell that serves a `dedicated` tenant; `null` otherwise.
+    pub cell: Option<String>,
     pub status: TenantStatus,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
@@ -44,6 +46,7 @@ impl From<Tenant> for TenantView {
             id: t.id,
             name: t.name,
             tier: t.tier,
+            cell: None,
             status: t.status,
             metadata: t.metadata,
             created_at: t.created_at,
@@ -81,6 +84,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_tenant, update_tenant, delete_tenant))
         .routes(routes!(suspend_tenant))
         .routes(routes!(resume_tenant))
+        .routes(routes!(move_tenant))
         .routes(routes!(own_tenant))
 }
 
@@ -120,7 +124,12 @@ async fn list_tenants(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> ApiResult<Json<List<TenantView>>> {
     let page = state.store.list_tenants(&op, params.page()?).await?;
-    Ok(Json(view_list(page)))
+    let mut list = view_list(page);
+    let cells: std::collections::HashMap<_, _> = state.store.placements(&op).await?.into_iter().collect();
+    for t in &mut list.data {
+        t.cell = cells.get(&t.id).cloned();
+    }
+    Ok(Json(list))
 }
 
 /// Show a tenant.
@@ -133,7 +142,9 @@ async fn get_tenant(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TenantView>> {
     let id = parse_id(&id, "tenant")?;
-    Ok(Json(state.store.get_tenant(&op, id).await?.into()))
+    let mut view = TenantView::from(state.store.get_tenant(&op, id).await?);
+    view.cell = state.store.tenant_cell(&op.act_for(id)).await?.map(|c| c.name);
+    Ok(Json(view))
 }
 
 /// Change a tenant's name, tier or metadata.
@@ -238,4 +249,137 @@ async fn resume_tenant(
     responses((status = 200, body = TenantView), (status = 401, body = ErrorBody)))]
 async fn own_tenant(State(state): State<AppState>, TenantApp(ctx): TenantApp) -> ApiResult<Json<TenantView>> {
     Ok(Json(state.store.own_tenant(&ctx).await?.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveTenant {
+    /// `shared` or `isolated`; or `dedicated` with `cell`: the tenant's
+    /// data moves into that registered cell, which then serves it. A
+    /// dedicated tenant comes back with `shared`.
+    pub tier: Tier,
+    /// With `dedicated`: the cell's name.
+    #[serde(default)]
+    pub cell: Option<String>,
+}
+
+/// One table's rows and checksum, as verified in the move's target.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TableSumView {
+    pub table: String,
+    pub rows: u64,
+    /// SHA-256 (hex) over the table's rows of the tenant, in key order.
+    pub sha256: String,
+}
+
+/// What a live move did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MoveView {
+    #[schema(value_type = String, format = Uuid)]
+    pub tenant_id: TenantId,
+    pub from: Tier,
+    pub to: Tier,
+    /// Per table: rows and checksum, equal in source and target.
+    pub tables: Vec<TableSumView>,
+    /// How long the tenant's calls were held, in milliseconds.
+    pub pause_ms: u64,
+    /// The whole move, including the wait for other processes to see it.
+    pub total_ms: u64,
+    /// Whether the source's copy was removed.
+    pub source_purged: bool,
+}
+
+impl From<MoveReport> for MoveView {
+    fn from(r: MoveReport) -> Self {
+        Self {
+            tenant_id: r.tenant_id,
+            from: r.from,
+            to: r.to,
+            tables: r
+                .tables
+                .into_iter()
+                .map(|t| TableSumView { table: t.table, rows: t.rows, sha256: t.sha256 })
+                .collect(),
+            pause_ms: r.pause_ms,
+            total_ms: r.total_ms,
+            source_purged: r.source_purged,
+        }
+    }
+}
+
+/// The audit event of a move: tiers, pause, and each table's rows and
+/// checksum (what was verified).
+pub fn moved_event(
+    id: TenantId,
+    to: Tier,
+    result: &Result<MoveReport, bulkhead_store::StoreError>,
+) -> AuditEvent {
+    let event = AuditEvent::new(action::TENANT_MOVED, target(id));
+    match result {
+        Ok(r) => event.details(serde_json::json!({
+            "from": r.from.as_str(), "to": r.to.as_str(), "pause_ms": r.pause_ms, "total_ms": r.total_ms,
+            "tables": r.tables.iter().map(|t| serde_json::json!({"table": t.table, "rows": t.rows, "sha256": t.sha256}))
+                .collect::<Vec<_>>(),
+        })),
+        Err(e) => {
+            use bulkhead_store::StoreError;
+            // What the operator can act on; never an internal cause.
+            let (code, message) = match e {
+                StoreError::Conflict(m) => ("conflict", m.as_str()),
+                StoreError::Invalid(m) => ("invalid_request", m.as_str()),
+                StoreError::NotFound(_) => ("not_found", ""),
+                StoreError::Moving => ("tenant_moving", ""),
+                StoreError::WrongCell => ("wrong_cell", ""),
+                _ => ("internal", ""),
+            };
+            event
+                .outcome(bulkhead_audit::Outcome::Failure)
+                .details(serde_json::json!({"to": to.as_str(), "error": code, "message": message}))
+        }
+    }
+}
+
+/// Audits a move: a done move in the platform chain and the tenant's; a
+/// refused or failed one in the platform chain only (the tenant's data did
+/// not change, and its chain may be waiting on another process's move).
+pub async fn record_move(
+    audit: &bulkhead_audit::Audit,
+    op: &bulkhead_core::OperatorCtx,
+    id: TenantId,
+    to: Tier,
+    result: &Result<MoveReport, bulkhead_store::StoreError>,
+) {
+    let event = moved_event(id, to, result);
+    if result.is_ok() {
+        audit.record_tenant_lifecycle(op, id, event).await;
+    } else {
+        audit.record_platform(op, event).await;
+    }
+}
+
+/// Move a tenant's data to another tier, live: its calls are held while
+/// the data is copied, verified (row counts and checksums per table) and
+/// switched; nothing written before or during the move is lost.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/move", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = Uuid, Path)), request_body = MoveTenant,
+    responses((status = 200, body = MoveView), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn move_tenant(
+    State(state): State<AppState>,
+    Operator(op): Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<MoveTenant>,
+) -> ApiResult<Json<MoveView>> {
+    let id: TenantId = parse_id(&id, "tenant")?;
+    state.store.get_tenant(&op, id).await?;
+    // Into a cell, or out of one: the cells layer moves it (and audits).
+    if let Some(report) =
+        crate::cells::move_dispatch(&state.cells, &state.audit, &op, id, body.tier, body.cell.as_deref())
+            .await?
+    {
+        return Ok(Json(report.into()));
+    }
+    let result = state.store.move_tenant(&op, id, body.tier).await;
+    record_move(&state.audit, &op, id, body.tier, &result).await;
+    Ok(Json(result?.into()))
 }

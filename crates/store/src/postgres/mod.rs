@@ -24,6 +24,8 @@ use crate::{KeyStore, Result, Store, StoreError, TenantStore};
 
 mod agents;
 mod audit;
+mod cells;
+mod dump;
 mod knowledge;
 mod secrets;
 mod tools;

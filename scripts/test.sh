@@ -61,3 +61,6 @@ BULKHEAD_BIN=target/debug/bulkhead bash scripts/quickstart.sh
 
 log "the web console in headless Chromium: scripts/console-test.sh (screenshots in target/console-artifacts/)"
 BULKHEAD_BIN=target/debug/bulkhead bash scripts/console-test.sh
+
+log "the deployment, offline: Dockerfile lint, Kubernetes manifests validated, each config loaded: scripts/deploy-check.sh"
+BULKHEAD_BIN=target/debug/bulkhead bash scripts/deploy-check.sh

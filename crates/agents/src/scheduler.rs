@@ -95,6 +95,12 @@ impl Scheduler {
         }
     }
 
+    /// Whether this process executes runs at all (`agents.workers` > 0); an
+    /// API-only `serve` queues runs for `bulkhead worker` processes.
+    pub fn executes_runs(&self) -> bool {
+        self.config.slots > 0
+    }
+
     /// Tells a run executing in this process to stop (after the store
     /// recorded the cancel request).
     pub fn cancel_local(&self, run: RunId) {

@@ -9,6 +9,7 @@ use bulkhead_core::keys::{self, KeyKind};
 use bulkhead_core::page::{Page, PageReq};
 use bulkhead_core::tenancy::{Scope, TenantStatus};
 use bulkhead_core::{KeyId, OperatorCtx, TenantId, Tier};
+use bulkhead_server::cells::Cells;
 use bulkhead_store::{ApiKey, DynStore, NewTenant, Tenant, TenantPatch};
 use clap::Subcommand;
 use serde_json::json;
@@ -52,9 +53,13 @@ pub enum TenantCmd {
     /// and checksums per table), switched; its calls wait meanwhile.
     Move {
         tenant: String,
-        /// `shared` or `isolated`.
+        /// `shared` or `isolated`; or `dedicated` with `--cell`.
         #[arg(long)]
         tier: Tier,
+        /// With `--tier dedicated`: the registered cell to move into
+        /// (needs `--url`: the running control plane moves it).
+        #[arg(long, value_name = "NAME")]
+        cell: Option<String>,
         /// A running server to ask (its process holds the tenant's calls
         /// during the move); the operator key comes from
         /// BULKHEAD_OPERATOR_KEY. Without it the move runs here, on the
@@ -68,7 +73,8 @@ pub enum TenantCmd {
     Suspend { tenant: String },
     /// Resume a suspended tenant.
     Resume { tenant: String },
-    /// Delete a tenant and all of its data.
+    /// Delete a tenant and all of its data (a dedicated tenant's in its
+    /// cell too; refused while the cell does not answer).
     Delete {
         tenant: String,
         /// Confirm: deletion cannot be undone.
@@ -234,10 +240,17 @@ fn key_event(name: &str, k: &ApiKey) -> AuditEvent {
 }
 
 pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
-    if let TenantCmd::Move { tenant, tier, url: Some(url), json } = &cmd {
-        let report = move_via_api(config, url, tenant, *tier).await?;
+    if let TenantCmd::Move { tenant, tier, cell, url: Some(url), json } = &cmd {
+        let report = move_via_api(config, url, tenant, *tier, cell.as_deref()).await?;
         print_move(&report, *json);
         return Ok(());
+    }
+    if let TenantCmd::Move { tier, cell, url: None, .. } = &cmd
+        && (cell.is_some() || *tier == Tier::Dedicated)
+    {
+        bail!(
+            "a move into a cell needs the running control plane: add --url http://… (and set BULKHEAD_OPERATOR_KEY)"
+        );
     }
     let store = open(config).await?;
     let audit = Audit::new(store.clone());
@@ -282,7 +295,7 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
             }
             print_tenants(&[t], false);
         }
-        TenantCmd::Move { tenant, tier, url: _, json } => {
+        TenantCmd::Move { tenant, tier, cell: _, url: _, json } => {
             let t = resolve(&store, &op, &tenant).await?;
             let result = store.move_tenant(&op, t.id, tier).await;
             bulkhead_server::api::tenants::record_move(&audit, &op, t.id, tier, &result).await;
@@ -294,6 +307,7 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
             let patch = TenantPatch { status: Some(TenantStatus::Suspended), ..Default::default() };
             let t = store.update_tenant(&op, t.id, patch).await.map_err(fail)?;
             audit.record_tenant_lifecycle(&op, t.id, tenant_event(action::TENANT_SUSPENDED, &t)).await;
+            mirror_status(config, &store, &op, t.id, TenantStatus::Suspended).await;
             print_tenants(&[t], false);
         }
         TenantCmd::Resume { tenant } => {
@@ -301,12 +315,16 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
             let patch = TenantPatch { status: Some(TenantStatus::Active), ..Default::default() };
             let t = store.update_tenant(&op, t.id, patch).await.map_err(fail)?;
             audit.record_tenant_lifecycle(&op, t.id, tenant_event(action::TENANT_RESUMED, &t)).await;
+            mirror_status(config, &store, &op, t.id, TenantStatus::Active).await;
             print_tenants(&[t], false);
         }
         TenantCmd::Delete { tenant, yes } => {
             let t = resolve(&store, &op, &tenant).await?;
             if !yes {
                 bail!("deleting {} removes all of its data; add --yes to confirm", t.name);
+            }
+            if let Some(cells) = cells_for(config, &store, &op, t.id).await? {
+                cells.delete_in_cell(&op, t.id).await.map_err(fail)?;
             }
             store.delete_tenant(&op, t.id).await.map_err(fail)?;
             // The tenant's chain went with it; the platform's keeps the record.
@@ -317,12 +335,48 @@ pub async fn tenant(config: &Config, cmd: TenantCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The client to a tenant's cell when it is placed in one (its data is
+/// there); `None` for a local tenant, without touching the master key.
+async fn cells_for(
+    config: &Config,
+    store: &DynStore,
+    op: &OperatorCtx,
+    id: TenantId,
+) -> anyhow::Result<Option<Cells>> {
+    if store.tenant_cell(&op.act_for(id)).await.map_err(fail)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Cells::from_config(config, store.clone()).map_err(fail)?))
+}
+
+/// Mirrors a status change to the tenant's cell, as the API does: the
+/// change here stands if the cell does not answer; the operator is told.
+async fn mirror_status(
+    config: &Config,
+    store: &DynStore,
+    op: &OperatorCtx,
+    id: TenantId,
+    status: TenantStatus,
+) {
+    let mirrored = match cells_for(config, store, op, id).await {
+        Ok(Some(cells)) => cells.mirror_status(op, id, status).await.map_err(fail),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = mirrored {
+        eprintln!(
+            "warning: status changed here but not in the tenant's cell ({e}); repeat it once the cell answers"
+        );
+    }
+}
+
 /// Asks a running server to move the tenant (`POST /v1/tenants/{id}/move`).
 async fn move_via_api(
     config: &Config,
     url: &str,
     tenant: &str,
     tier: Tier,
+    cell: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
     let key = config
         .auth
@@ -354,7 +408,10 @@ async fn move_via_api(
     let res = http
         .post(format!("{base}/v1/tenants/{id}/move"))
         .bearer_auth(key)
-        .json(&json!({"tier": tier}))
+        .json(&match cell {
+            Some(cell) => json!({"tier": tier, "cell": cell}),
+            None => json!({"tier": tier}),
+        })
         .send()
         .await
         .with_context(|| format!("calling {base}"))?;

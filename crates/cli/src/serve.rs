@@ -57,6 +57,9 @@ async fn watch_signals(shutdown: CancellationToken) {
 /// `bulkhead worker`: the run workers alone, until SIGTERM. Several worker
 /// processes (and `serve` processes) can share one store.
 pub async fn worker(config: Config) -> anyhow::Result<()> {
+    if config.agents.workers == 0 {
+        anyhow::bail!("agents.workers is 0: a worker needs at least one run slot");
+    }
     let store = bulkhead_store::open(&config.store).await.context("opening the store")?;
     let services = bulkhead_server::bootstrap::services(&config, store)
         .await

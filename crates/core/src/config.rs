@@ -195,7 +195,9 @@ impl Default for KnowledgeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentsConfig {
-    /// Runs this process executes at once (`serve` and `worker`).
+    /// Runs this process executes at once (`serve` and `worker`). 0 makes
+    /// `serve` an API-only process: it executes no runs and no ingestion
+    /// jobs, which then wait for `bulkhead worker` processes.
     pub workers: usize,
     /// Runs a tenant may have waiting; more get 429 `queue_full`.
     pub max_queued_runs: i64,
@@ -551,14 +553,9 @@ impl Config {
             }
         }
         let a = &self.agents;
-        if a.workers == 0
-            || a.workers > 10_000
-            || a.max_queued_runs < 1
-            || a.lease_secs < 2
-            || a.max_attempts < 1
-        {
+        if a.workers > 10_000 || a.max_queued_runs < 1 || a.lease_secs < 2 || a.max_attempts < 1 {
             return Err(Error::invalid(
-                "agents: workers 1-10000, max_queued_runs ≥ 1, lease_secs ≥ 2, max_attempts ≥ 1",
+                "agents: workers 0-10000, max_queued_runs ≥ 1, lease_secs ≥ 2, max_attempts ≥ 1",
             ));
         }
         if self.store.max_connections == 0 {

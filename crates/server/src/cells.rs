@@ -1,8 +1,16 @@
 //! Cells: other Bulkhead deployments that serve this control plane's
 //! `dedicated` tenants. The registry (`/v1/cells`, operator only), the
-//! client the control plane talks to its cells with, and the endpoint a
-//! cell offers its control plane for mirroring key records
-//! (`PUT /v1/tenants/{id}/key-records`).
+//! client the control plane talks to its cells with, and the endpoints a
+//! cell offers its control plane: mirroring key records
+//! (`PUT /v1/tenants/{id}/key-records`), the master key check at
+//! registration (`POST /v1/master-key/check`), and moves (below).
+//!
+//! A dedicated tenant's lifecycle follows it: deleting it deletes it in its
+//! cell first (a cell that does not answer refuses the delete, so the
+//! control plane never forgets data that still exists); suspending or
+//! resuming it is mirrored to the cell afterwards (a cell that does not
+//! answer is logged: the control plane refuses a suspended tenant's keys
+//! anyway, and repeating the call mirrors it again).
 //!
 //! How a forwarded request is authenticated: keys stay authoritative on the
 //! control plane. It mirrors each dedicated tenant's key records — id,
@@ -25,9 +33,11 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use bulkhead_audit::{AuditEvent, action};
 use bulkhead_core::keys::{self, KeyKind};
-use bulkhead_core::tenancy::Scope;
+use bulkhead_core::tenancy::{Scope, TenantStatus};
 use bulkhead_core::{Code, Error, KeyId, OperatorCtx, TenantCtx};
 use bulkhead_store::{Cell, DynStore, KeyRecord, NewCell, SealedCredential};
 use bulkhead_vault::{Secret, Vault};
@@ -97,8 +107,9 @@ impl Cells {
         self.vault.open_platform(&seal_label(&cell.name), &cell.credential.ciphertext, &cell.credential.nonce)
     }
 
-    /// Registers a cell after checking that it answers and accepts the
-    /// operator key; the key is sealed before it is stored.
+    /// Registers a cell after checking that it answers, accepts the
+    /// operator key and runs with this master key; the key is sealed
+    /// before it is stored.
     pub async fn register(
         &self,
         op: &OperatorCtx,
@@ -139,7 +150,85 @@ impl Cells {
         if status != 200 {
             return Err(unavailable(name, format!("the probe answered HTTP {status}")));
         }
+        self.check_master_key(&probe).await?;
         Ok(self.store.create_cell(op, new).await?)
+    }
+
+    /// Checks that the cell runs with this master key (sealed secrets must
+    /// open there): a random challenge sealed here must open there. The
+    /// cell answers the challenge's SHA-256; the key never travels.
+    async fn check_master_key(&self, cell: &Cell) -> Result<(), Error> {
+        let challenge = uuid::Uuid::new_v4().simple().to_string();
+        let (ciphertext, nonce) = self.vault.seal_platform(MASTER_KEY_CHECK_LABEL, &challenge);
+        let body = serde_json::json!({"ciphertext": B64.encode(ciphertext), "nonce": B64.encode(nonce)});
+        let (status, answer) =
+            self.call(cell, reqwest::Method::POST, "/v1/master-key/check", Some(&body)).await?;
+        let expected = hex(&keys::hash_key(&challenge));
+        match status {
+            200 if answer["sha256"].as_str() == Some(expected.as_str()) => Ok(()),
+            200 | 400 => Err(Error::invalid(format!(
+                "cell {:?} runs with another master key; start it with the control plane's \
+                 BULKHEAD_MASTER_KEY (sealed secrets must open there)",
+                cell.name
+            ))),
+            _ => Err(unavailable(&cell.name, format!("the master key check answered HTTP {status}"))),
+        }
+    }
+
+    /// On a cell: opens its control plane's challenge (see
+    /// [`Cells::check_master_key`]) and gives its SHA-256, hex.
+    fn answer_master_key_check(&self, ciphertext: &str, nonce: &str) -> Result<String, Error> {
+        let mismatch = || {
+            Error::invalid(
+                "this deployment's master key does not open the challenge: it runs with another master key",
+            )
+        };
+        let ciphertext = B64.decode(ciphertext).map_err(|_| mismatch())?;
+        let nonce = B64.decode(nonce).map_err(|_| mismatch())?;
+        let challenge =
+            self.vault.open_platform(MASTER_KEY_CHECK_LABEL, &ciphertext, &nonce).map_err(|_| mismatch())?;
+        Ok(hex(&keys::hash_key(challenge.expose())))
+    }
+
+    /// Deletes a tenant in its cell, if it is placed in one; `Some(cell)`
+    /// when it was. A tenant the cell no longer has counts as deleted there
+    /// (a delete whose local half failed may be repeated). A cell that does
+    /// not answer is `cell_unavailable`: the caller then keeps its record.
+    pub async fn delete_in_cell(&self, op: &OperatorCtx, id: TenantId) -> Result<Option<String>, Error> {
+        let Some(cell) = self.store.tenant_cell(&op.act_for(id)).await? else { return Ok(None) };
+        let path = format!("/v1/tenants/{id}");
+        let (status, body) = self.bulk_call(&cell, reqwest::Method::DELETE, &path, None).await?;
+        if status != 204 && status != 404 {
+            let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let code = answer["error"]["code"].as_str().unwrap_or("-");
+            return Err(unavailable(&cell.name, format!("the delete answered HTTP {status} ({code})")));
+        }
+        tracing::info!(tenant = %id, cell = %cell.name, "tenant deleted in its cell");
+        Ok(Some(cell.name))
+    }
+
+    /// Gives a tenant placed in a cell the same status there, so the
+    /// cell's own operator sees it (the control plane refuses a suspended
+    /// tenant's keys whatever the cell says). Nothing for a local tenant.
+    pub async fn mirror_status(
+        &self,
+        op: &OperatorCtx,
+        id: TenantId,
+        status: TenantStatus,
+    ) -> Result<(), Error> {
+        let Some(cell) = self.store.tenant_cell(&op.act_for(id)).await? else { return Ok(()) };
+        let verb = match status {
+            TenantStatus::Suspended => "suspend",
+            TenantStatus::Active => "resume",
+        };
+        let (answered, answer) =
+            self.call(&cell, reqwest::Method::POST, &format!("/v1/tenants/{id}/{verb}"), None).await?;
+        if answered != 200 {
+            let code = answer["error"]["code"].as_str().unwrap_or("-");
+            return Err(unavailable(&cell.name, format!("the {verb} answered HTTP {answered} ({code})")));
+        }
+        tracing::info!(tenant = %id, cell = %cell.name, status = status.as_str(), "tenant status mirrored");
+        Ok(())
     }
 
     /// An operator call to a cell, JSON both ways, with the cell's key.
@@ -187,6 +276,14 @@ impl Cells {
 /// Associated data the credential is sealed under.
 fn seal_label(cell: &str) -> String {
     format!("cell:{cell}")
+}
+
+/// Associated data of the master key check's challenge. Nothing else is
+/// sealed under it, so a cell's answer opens nothing but challenges.
+const MASTER_KEY_CHECK_LABEL: &str = "master-key-check";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `cell_unavailable`: the message names the cell, the cause goes to the log.
@@ -307,6 +404,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_cell, list_cells))
         .routes(routes!(get_cell, delete_cell))
         .routes(routes!(put_key_records))
+        .routes(routes!(check_master_key))
         .routes(routes!(import_tenant).layer(axum::extract::DefaultBodyLimit::max(MAX_IMPORT_BYTES)))
         .routes(routes!(tenant_checksums))
         .routes(routes!(export_tenant, release_export))
@@ -405,6 +503,37 @@ async fn put_key_records(
         state.audit.record(&ctx, event).await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MasterKeyChallenge {
+    /// A random challenge sealed with the control plane's master key, base64.
+    pub ciphertext: String,
+    /// Its nonce, base64.
+    pub nonce: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MasterKeyProof {
+    /// SHA-256 (hex) of the opened challenge.
+    pub sha256: String,
+}
+
+/// On a cell: prove to a registering control plane that this deployment
+/// runs with its master key, by opening a challenge it sealed (operator).
+/// 400 `invalid_request` when the challenge does not open here.
+#[utoipa::path(post, path = "/v1/master-key/check", tag = "cells", security(("bearer" = [])),
+    request_body = MasterKeyChallenge,
+    responses((status = 200, body = MasterKeyProof), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+async fn check_master_key(
+    State(state): State<AppState>,
+    Operator(_op): Operator,
+    ApiJson(body): ApiJson<MasterKeyChallenge>,
+) -> ApiResult<Json<MasterKeyProof>> {
+    let sha256 = state.cells.answer_master_key_check(&body.ciphertext, &body.nonce)?;
+    Ok(Json(MasterKeyProof { sha256 }))
 }
 
 /// The audit event of a registry change: names, URL and key prefix, never the key.

@@ -161,10 +161,16 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    tokio::spawn(state.scheduler.clone().run(shutdown.clone()));
-    let knowledge = state.knowledge.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move { knowledge.run_jobs(stop.cancelled_owned()).await });
+    // With `agents.workers = 0` this process only serves the API: runs and
+    // ingestion jobs wait in the store for `bulkhead worker` processes.
+    if state.scheduler.executes_runs() {
+        tokio::spawn(state.scheduler.clone().run(shutdown.clone()));
+        let knowledge = state.knowledge.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { knowledge.run_jobs(stop.cancelled_owned()).await });
+    } else {
+        tracing::info!("agents.workers = 0: serving the API only; runs go to `bulkhead worker` processes");
+    }
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let app = app(state);
     let signal = shutdown.clone();

@@ -67,7 +67,10 @@ fn segments(path: &str) -> Vec<&str> {
 /// Routes that belong to the operator or to the control plane's own
 /// records, whoever the request names.
 fn control_plane_route(segs: &[&str]) -> bool {
-    matches!(segs, ["v1", "tenants" | "operator-keys" | "cells" | "overview" | "keys" | "tenant", ..])
+    matches!(
+        segs,
+        ["v1", "tenants" | "operator-keys" | "cells" | "master-key" | "overview" | "keys" | "tenant", ..]
+    )
 }
 
 fn decide(principal: &Principal, req: &Request) -> Decision {
@@ -299,9 +302,15 @@ mod tests {
 
     #[test]
     fn control_plane_routes_stay_here() {
-        for path in
-            ["/v1/tenants", "/v1/tenants/x/keys", "/v1/cells/a", "/v1/overview", "/v1/keys", "/v1/tenant"]
-        {
+        for path in [
+            "/v1/tenants",
+            "/v1/tenants/x/keys",
+            "/v1/cells/a",
+            "/v1/master-key/check",
+            "/v1/overview",
+            "/v1/keys",
+            "/v1/tenant",
+        ] {
             assert!(control_plane_route(&segments(path)), "{path}");
         }
         for path in ["/v1/agents", "/v1/chat/completions", "/v1/runs/x/events", "/v1/usage", "/v1/audit"] {

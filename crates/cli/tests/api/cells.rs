@@ -3,7 +3,8 @@
 //! control plane, a tenant moved into it and back, requests proxied
 //! (streams included), the cell's credential kept out of every response,
 //! log line and row, and a cell that is down answered with
-//! `cell_unavailable`.
+//! `cell_unavailable`; a dedicated tenant's delete, suspension and
+//! resumption reaching its cell; a cell with another master key refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,9 +54,11 @@ async fn paced_upstream(pace: Duration) -> String {
     format!("http://{addr}/v1")
 }
 
-/// A cell whose `openai` provider is a paced fake upstream.
-async fn start_cell(backend: &str) -> TestServer {
+/// A cell whose `openai` provider is a paced fake upstream, with its
+/// control plane's master key.
+async fn start_cell(backend: &str, master_key: &str) -> TestServer {
     let mut config = bulkhead_core::config::Config::default();
+    config.models.master_key = Some(master_key.to_owned());
     let openai = config.models.providers.get_mut("openai").unwrap();
     openai.base_url = paced_upstream(Duration::from_millis(100)).await;
     openai.max_retries = 0;
@@ -83,7 +86,7 @@ fn rows_with(rows: &[(String, String)], needle: &str) -> Vec<String> {
 
 async fn dedicated_tenant_is_served_by_its_cell(backend: &'static str) {
     let cp = TestServer::start(backend).await;
-    let cell = start_cell(backend).await;
+    let cell = start_cell(backend, &cp.master_key).await;
     let op = cp.operator_key.clone();
     let mut responses = Vec::new();
 
@@ -264,7 +267,7 @@ both_backends!(dedicated_tenant_is_served_by_its_cell);
 /// moves verified per-table counts and checksums.
 async fn move_into_a_cell_and_back_loses_no_write(backend: &'static str) {
     let cp = Arc::new(TestServer::start(backend).await);
-    let cell = start_cell(backend).await;
+    let cell = start_cell(backend, &cp.master_key).await;
     register(&cp, &cell, "c1").await.expect(201);
     let t = cp.tenant("mover", json!({})).await;
     for i in 0..5 {
@@ -350,13 +353,14 @@ both_backends!(move_into_a_cell_and_back_loses_no_write);
 async fn cell_commands() {
     use std::io::Write as _;
     let cp = TestServer::start("sqlite").await;
-    let cell = TestServer::start("sqlite").await;
+    let cell = start_cell("sqlite", &cp.master_key).await;
     let data_dir = cp.store_config.data_dir.clone();
     let run = |args: &[&str], stdin: Option<&str>| {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
             .args(args)
             .arg("--data-dir")
             .arg(&data_dir)
+            .env("BULKHEAD_MASTER_KEY", &cp.master_key)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -380,4 +384,150 @@ async fn cell_commands() {
     let actions: Vec<&str> =
         audit.expect(200)["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["cell.added", "cell.removed"], "{}", audit.text);
+}
+
+/// A tenant's status as `server`'s operator sees it.
+async fn status_at(server: &TestServer, id: &str) -> String {
+    let shown = server.get(&format!("/v1/tenants/{id}"), &server.operator_key).await;
+    shown.expect(200)["status"].as_str().unwrap().to_owned()
+}
+
+/// Waits (up to 10 s) until the control plane finds the cell of the
+/// tenant whose key is `key` down.
+async fn wait_cell_down(cp: &TestServer, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cp.get("/v1/threads", key).await.status != 502 {
+        assert!(Instant::now() < deadline, "the cell is down but its tenant is still served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Suspend, resume and delete of a dedicated tenant reach its cell; with
+/// the cell down the status still changes here, and the delete is refused.
+async fn dedicated_tenant_lifecycle_reaches_its_cell(backend: &'static str) {
+    let cp = TestServer::start(backend).await;
+    let cell = start_cell(backend, &cp.master_key).await;
+    let op = cp.operator_key.clone();
+    register(&cp, &cell, "life").await.expect(201);
+    let (a, b) = (cp.tenant("gone", json!({})).await, cp.tenant("kept", json!({})).await);
+    for t in [&a, &b] {
+        move_tenant(&cp, &t.id, json!({"tier": "dedicated", "cell": "life"})).await;
+    }
+    let thread = cp.post("/v1/threads", &a.app_key, json!({})).await;
+    let thread = thread.expect(201)["id"].as_str().unwrap().to_owned();
+
+    // Suspend and resume: mirrored, so the cell's operator sees it and the
+    // cell refuses the key too.
+    let suspend = format!("/v1/tenants/{}/suspend", a.id);
+    assert_eq!(cp.call(Method::POST, &suspend, Some(&op), None).await.expect(200)["status"], "suspended");
+    assert_eq!(status_at(&cell, &a.id).await, "suspended");
+    cell.get("/v1/threads", &a.app_key).await.expect_error(403, "tenant_suspended");
+    let resume = format!("/v1/tenants/{}/resume", a.id);
+    assert_eq!(cp.call(Method::POST, &resume, Some(&op), None).await.expect(200)["status"], "active");
+    assert_eq!(status_at(&cell, &a.id).await, "active");
+    cp.get(&format!("/v1/threads/{thread}"), &a.app_key).await.expect(200);
+
+    // Delete: gone in the cell (only the platform chain's record stays),
+    // and here.
+    let in_cell = rows_with(&cell.stored_rows().await, &a.id);
+    assert!(in_cell.iter().any(|t| t == "threads"), "{in_cell:?}");
+    cp.call(Method::DELETE, &format!("/v1/tenants/{}", a.id), Some(&op), None).await.expect(204);
+    for server in [&cp, &cell] {
+        let shown = server.get(&format!("/v1/tenants/{}", a.id), &server.operator_key).await;
+        shown.expect_error(404, "not_found");
+        let rows = rows_with(&server.stored_rows().await, &a.id);
+        assert!(rows.iter().all(|t| t == "platform_audit_entries"), "rows of the deleted tenant: {rows:?}");
+        let rows = rows_with(&server.stored_rows().await, &thread);
+        assert!(rows.is_empty(), "the deleted tenant's thread: {rows:?}");
+    }
+    cp.get("/v1/threads", &b.app_key).await.expect(200);
+
+    // The cell goes down: the suspension stands here (and is logged as not
+    // mirrored); the delete is refused, and the tenant kept.
+    drop(cell);
+    wait_cell_down(&cp, &b.app_key).await;
+    let suspend = format!("/v1/tenants/{}/suspend", b.id);
+    assert_eq!(cp.call(Method::POST, &suspend, Some(&op), None).await.expect(200)["status"], "suspended");
+    cp.get("/v1/threads", &b.app_key).await.expect_error(403, "tenant_suspended");
+    assert!(captured_logs().contains("status changed here but not in the tenant's cell"));
+    let refused = cp.call(Method::DELETE, &format!("/v1/tenants/{}", b.id), Some(&op), None).await;
+    refused.expect_error(502, "cell_unavailable");
+    let kept = cp.get(&format!("/v1/tenants/{}", b.id), &op).await;
+    assert_eq!(kept.expect(200)["cell"], "life");
+    cp.get("/v1/keys", &b.admin_key).await.expect_error(403, "tenant_suspended");
+}
+both_backends!(dedicated_tenant_lifecycle_reaches_its_cell);
+
+/// A cell must run with the control plane's master key: one with another
+/// key is refused at registration, the key never sent either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_with_another_master_key_is_refused() {
+    let cp = TestServer::start("sqlite").await;
+    let other = TestServer::start("sqlite").await;
+    assert_ne!(cp.master_key, other.master_key);
+    let refused = register(&cp, &other, "other").await;
+    refused.expect_error(400, "invalid_request");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("master key"), "{}", refused.text);
+    cp.get("/v1/cells/other", &cp.operator_key).await.expect_error(404, "not_found");
+    // What the cell offers: a challenge it cannot open is a 400.
+    let garbage = json!({"ciphertext": "AAAA", "nonce": "AAAA"});
+    other
+        .post("/v1/master-key/check", &other.operator_key, garbage)
+        .await
+        .expect_error(400, "invalid_request");
+    // The same cell, given the control plane's key, is accepted.
+    let same = start_cell("sqlite", &cp.master_key).await;
+    register(&cp, &same, "same").await.expect(201);
+}
+
+/// `bulkhead tenant move NAME --tier dedicated --cell NAME` asks the
+/// running control plane; without `--url` it is refused. `bulkhead tenant
+/// delete` then deletes it in the cell too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_move_into_a_cell_from_the_command_line() {
+    let cp = TestServer::start("sqlite").await;
+    let cell = start_cell("sqlite", &cp.master_key).await;
+    register(&cp, &cell, "cli-cell").await.expect(201);
+    let t = cp.tenant("by-cli", json!({})).await;
+    cp.post("/v1/threads", &t.app_key, json!({})).await.expect(201);
+    let data_dir = cp.store_config.data_dir.clone();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("BULKHEAD_MASTER_KEY", &cp.master_key)
+            .env("BULKHEAD_OPERATOR_KEY", &cp.operator_key)
+            .output()
+            .unwrap()
+    };
+
+    let local = run(&["tenant", "move", "by-cli", "--tier", "dedicated", "--cell", "cli-cell"]);
+    let stderr = String::from_utf8_lossy(&local.stderr);
+    assert!(!local.status.success() && stderr.contains("--url"), "{stderr}");
+    let moved = run(&[
+        "tenant",
+        "move",
+        "by-cli",
+        "--tier",
+        "dedicated",
+        "--cell",
+        "cli-cell",
+        "--url",
+        &cp.base,
+        "--json",
+    ]);
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    let report: Value = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!((report["from"].as_str(), report["to"].as_str()), (Some("shared"), Some("dedicated")));
+    let shown = cp.get(&format!("/v1/tenants/{}", t.id), &cp.operator_key).await;
+    assert_eq!(shown.expect(200)["cell"], "cli-cell");
+    assert!(rows_with(&cell.stored_rows().await, &t.id).iter().any(|t| t == "threads"));
+
+    let deleted = run(&["tenant", "delete", "by-cli", "--yes"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    cell.get(&format!("/v1/tenants/{}", t.id), &cell.operator_key).await.expect_error(404, "not_found");
+    let rows = rows_with(&cell.stored_rows().await, &t.id);
+    assert!(rows.iter().all(|t| t == "platform_audit_entries"), "{rows:?}");
+    cp.get(&format!("/v1/tenants/{}", t.id), &cp.operator_key).await.expect_error(404, "not_found");
 }

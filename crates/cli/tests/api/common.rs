@@ -36,6 +36,9 @@ pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
     pub operator_key: String,
+    /// The vault's master key, base64 (a cell must share its control
+    /// plane's).
+    pub master_key: String,
     pub store: DynStore,
     pub store_config: StoreConfig,
     shutdown: CancellationToken,
@@ -94,7 +97,8 @@ impl TestServer {
         Self::start_full(backend, full).await
     }
 
-    /// A server with a whole configuration (providers, catalog, prices…).
+    /// A server with a whole configuration (providers, catalog, prices…);
+    /// a fresh master key unless the configuration names one.
     pub async fn start_full(backend: &str, mut full: bulkhead_core::config::Config) -> Self {
         init_log_capture();
         let mut config = full.server.clone();
@@ -109,7 +113,11 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         config.listen = addr;
         let shutdown = CancellationToken::new();
-        full.models.master_key = Some(bulkhead_vault::MasterKey::generate().to_base64());
+        let master_key = full
+            .models
+            .master_key
+            .get_or_insert_with(|| bulkhead_vault::MasterKey::generate().to_base64())
+            .clone();
         if full.knowledge.model_dir.is_none() {
             full.knowledge.model_dir = minilm_dir();
         }
@@ -120,6 +128,7 @@ impl TestServer {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             operator_key,
+            master_key,
             store,
             store_config,
             shutdown,

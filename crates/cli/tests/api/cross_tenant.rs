@@ -80,6 +80,7 @@ fn probes() -> Vec<Probe> {
         probe(Method::GET, "/v1/tenants/{a_tenant}/checksums", Forbidden),
         probe(Method::POST, "/v1/tenants/{a_tenant}/export", Forbidden),
         probe(Method::DELETE, "/v1/tenants/{a_tenant}/export", Forbidden),
+        with_body(Method::POST, "/v1/master-key/check", json!({"ciphertext": "", "nonce": ""}), Forbidden),
         // Usage, budgets, limits, pricing.
         probe(Method::GET, "/v1/usage", Own),
         probe(Method::GET, "/v1/usage?group_by=day,model,agent,kind", Own),
@@ -365,7 +366,9 @@ async fn set_tier(server: &TestServer, tenant: &TestTenant, tier: Tier) -> Optio
             None
         }
         Tier::Dedicated => {
-            let cell = TestServer::start(server.store.backend()).await;
+            let mut config = bulkhead_core::config::Config::default();
+            config.models.master_key = Some(server.master_key.clone());
+            let cell = TestServer::start_full(server.store.backend(), config).await;
             let name = format!("cell-{}", tenant.name);
             let body = json!({"name": name, "base_url": cell.base, "operator_key": cell.operator_key});
             server.post("/v1/cells", &server.operator_key, body).await.expect(201);

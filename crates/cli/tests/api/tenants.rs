@@ -184,6 +184,7 @@ async fn health_readiness_and_openapi() {
         ("/v1/tenants/import", &["post"]),
         ("/v1/tenants/{tenant_id}/checksums", &["get"]),
         ("/v1/tenants/{tenant_id}/export", &["post", "delete"]),
+        ("/v1/master-key/check", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -192,7 +193,7 @@ async fn health_readiness_and_openapi() {
             );
         }
     }
-    assert_eq!(paths.len(), 66, "a route was added: list it above");
+    assert_eq!(paths.len(), 67, "a route was added: list it above");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     // Every response carries a request id.

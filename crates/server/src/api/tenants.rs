@@ -181,10 +181,12 @@ fn target(id: TenantId) -> String {
     format!("tenant:{id}")
 }
 
-/// Delete a tenant and all of its data.
+/// Delete a tenant and all of its data. A dedicated tenant is deleted in
+/// its cell first; if the cell does not answer, nothing is deleted (502
+/// `cell_unavailable`).
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
     params(("tenant_id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn delete_tenant(
     State(state): State<AppState>,
     Operator(op): Operator,
@@ -192,6 +194,7 @@ async fn delete_tenant(
 ) -> ApiResult<StatusCode> {
     let id: TenantId = parse_id(&id, "tenant")?;
     let tenant = state.store.get_tenant(&op, id).await?;
+    state.cells.delete_in_cell(&op, id).await?;
     state.store.delete_tenant(&op, id).await?;
     tracing::info!(tenant = %id, "tenant deleted");
     // The tenant's own chain went with it; the platform's keeps the record.
@@ -211,6 +214,11 @@ async fn set_status(
     let patch = TenantPatch { status: Some(status), ..Default::default() };
     let tenant = state.store.update_tenant(op, id, patch).await?;
     tracing::info!(tenant = %id, status = status.as_str(), "tenant status changed");
+    // A dedicated tenant's cell learns it too; the change here stands if
+    // the cell does not answer (this side refuses a suspended tenant's keys).
+    if let Err(e) = state.cells.mirror_status(op, id, status).await {
+        tracing::warn!(tenant = %id, error = %e, "status changed here but not in the tenant's cell; repeat the call once it answers");
+    }
     let name = match status {
         TenantStatus::Suspended => action::TENANT_SUSPENDED,
         TenantStatus::Active => action::TENANT_RESUMED,
@@ -220,7 +228,9 @@ async fn set_status(
     Ok(Json(tenant.into()))
 }
 
-/// Suspend a tenant: its keys are refused with `tenant_suspended` until resumed.
+/// Suspend a tenant: its keys are refused with `tenant_suspended` until
+/// resumed. A dedicated tenant's cell is told as well (if it does not
+/// answer, the suspension stands here and a warning is logged).
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/suspend", tag = "tenants", security(("bearer" = [])),
     params(("tenant_id" = Uuid, Path)),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
@@ -232,7 +242,7 @@ async fn suspend_tenant(
     set_status(&state, &op, &id, TenantStatus::Suspended).await
 }
 
-/// Resume a suspended tenant.
+/// Resume a suspended tenant (in its cell too, as for suspend).
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/resume", tag = "tenants", security(("bearer" = [])),
     params(("tenant_id" = Uuid, Path)),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]

@@ -72,8 +72,9 @@ pub async fn worker(config: Config) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         println!("metrics on http://{}/metrics", listener.local_addr()?);
         let stop = shutdown.clone();
+        let token = config.server.metrics_token.clone();
         tokio::spawn(async move {
-            if let Err(e) = bulkhead_server::http_metrics::serve_metrics_only(listener, stop).await {
+            if let Err(e) = bulkhead_server::http_metrics::serve_metrics_only(listener, token, stop).await {
                 tracing::error!(error = %e, "the metrics listener failed");
             }
         });

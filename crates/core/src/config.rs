@@ -213,7 +213,7 @@ impl Default for AgentsConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -228,6 +228,23 @@ pub struct ServerConfig {
     /// Dedicated tenants: the longest silence between two reads from a
     /// cell (a stream may last longer; it may not stall longer).
     pub cell_read_timeout_secs: u64,
+    /// When set, `GET /metrics` (the API's and a worker's) answers only
+    /// `Authorization: Bearer <this token>`: a scrape credential that is not
+    /// an operator key. Unset: public, like the probes.
+    pub metrics_token: Option<String>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("cell_connect_timeout_ms", &self.cell_connect_timeout_ms)
+            .field("cell_read_timeout_secs", &self.cell_read_timeout_secs)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -402,6 +419,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 20,
             cell_connect_timeout_ms: 3_000,
             cell_read_timeout_secs: 300,
+            metrics_token: None,
         }
     }
 }
@@ -439,6 +457,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("MINILM_DIR", "knowledge.model_dir"),
     ("OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("METRICS_LISTEN", "telemetry.metrics_listen"),
+    ("METRICS_TOKEN", "server.metrics_token"),
 ];
 
 impl Config {
@@ -482,6 +501,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.server.max_body_bytes < 1024 {
             return Err(Error::invalid("server.max_body_bytes must be at least 1024"));
+        }
+        if self
+            .server
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16 || t.chars().any(char::is_whitespace))
+        {
+            return Err(Error::invalid(
+                "server.metrics_token must be at least 16 characters, without spaces",
+            ));
         }
         if !(1..=60_000).contains(&self.server.cell_connect_timeout_ms)
             || self.server.cell_read_timeout_secs == 0

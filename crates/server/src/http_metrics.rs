@@ -65,17 +65,46 @@ pub async fn tag_tenant(req: Request, next: Next) -> Response {
 /// processes, which read them from the store. Serves until `shutdown`.
 pub async fn serve_metrics_only(
     listener: tokio::net::TcpListener,
+    token: Option<String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     use axum::http::header::CONTENT_TYPE;
+    use axum::response::IntoResponse;
     let app = axum::Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|| async {
+            axum::routing::get(move |headers: axum::http::HeaderMap| async move {
+                if let Err(e) = check_metrics_token(token.as_deref(), &headers) {
+                    return e.into_response();
+                }
                 let text = bulkhead_telemetry::metrics::render(&[]);
-                ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+                ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
             }),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// `GET /metrics` with `server.metrics_token` set: the scraper must present
+/// that token as a bearer credential (compared in constant time).
+pub fn check_metrics_token(
+    token: Option<&str>,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), crate::error::ApiError> {
+    use subtle::ConstantTimeEq;
+    let Some(token) = token else { return Ok(()) };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let sha = |s: &str| <sha2::Sha256 as sha2::Digest>::digest(s.as_bytes());
+    if bool::from(sha(presented).ct_eq(&sha(token))) {
+        Ok(())
+    } else {
+        Err(crate::error::ApiError::new(
+            bulkhead_core::Code::Unauthorized,
+            "metrics need `Authorization: Bearer <server.metrics_token>`",
+        ))
+    }
 }

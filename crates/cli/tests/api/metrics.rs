@@ -637,3 +637,54 @@ async fn without_an_endpoint_nothing_is_exported() {
     tokio::task::spawn_blocking(move || stop(child)).await.unwrap();
     assert!(bodies.lock().unwrap().is_empty(), "spans were exported without an endpoint configured");
 }
+
+/// With `server.metrics_token`, `/metrics` of the API and of a worker answer
+/// only that bearer token — not anonymous callers, not an operator key.
+#[tokio::test]
+async fn a_metrics_token_closes_metrics_to_everyone_else() {
+    let token = "scrape-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let (child, base, operator) = serve(dir.path().to_str().unwrap(), &[("BULKHEAD_METRICS_TOKEN", token)]);
+    let http = reqwest::Client::new();
+    let get = |key: Option<&str>| {
+        let mut req = http.get(format!("{base}/metrics"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send()
+    };
+    for key in [None, Some("scrape-token-wrong-0000"), Some(operator.as_str())] {
+        let res = get(key).await.unwrap();
+        assert_eq!(res.status(), 401, "{key:?}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let res = get(Some(token)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    parse(&res.text().await.unwrap()).unwrap();
+    // The probes stay public.
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    tokio::task::spawn_blocking(move || stop(child)).await.unwrap();
+
+    let mut worker = Command::new(BIN)
+        .args(["worker", "--data-dir", dir.path().to_str().unwrap()])
+        .env("BULKHEAD_METRICS_LISTEN", "127.0.0.1:0")
+        .env("BULKHEAD_METRICS_TOKEN", token)
+        .env("BULKHEAD_MASTER_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn worker");
+    let mut reader = BufReader::new(worker.stdout.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the worker exited early");
+        if let Some(url) = line.trim_end().strip_prefix("metrics on ") {
+            break url.to_owned();
+        }
+    };
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(http.get(&url).bearer_auth(token).send().await.unwrap().status(), 200);
+    tokio::task::spawn_blocking(move || stop(worker)).await.unwrap();
+}

@@ -34,7 +34,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], String)> {
+    crate::http_metrics::check_metrics_token(state.config.metrics_token.as_deref(), &headers)?;
     let queue = state.store.queue_overview(&bulkhead_core::OperatorCtx::local_cli()).await?;
     let queue: Vec<QueueDepth> = queue
         .iter()

@@ -226,6 +226,53 @@ async fn three_processes_on_one_postgres_and_one_redis() {
     // dead; the first and a restarted second share the budget.)
     let two = serve(&args, &envs);
     let bases = [one.base.clone(), two.base.clone()];
+    // --- A rate limit across processes: one bucket in Redis, not one each.
+    let (rtenant, rkey) = served_tenant(&one.base, &op, "rated").await;
+    const RPM: u64 = 300;
+    let (s, _) = opc
+        .call(
+            reqwest::Method::PUT,
+            format!("{}/v1/tenants/{rtenant}/limits", one.base),
+            Some(json!({"requests_per_minute": RPM})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let started = Instant::now();
+    let run_for = Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let url = format!("{}/v1/tenant", bases[i % 2]);
+        let rkey = rkey.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut ok, mut limited) = (0u64, 0u64);
+            while started.elapsed() < run_for {
+                match http.get(&url).bearer_auth(&rkey).send().await.unwrap().status().as_u16() {
+                    200 => ok += 1,
+                    429 => limited += 1,
+                    s => panic!("unexpected status {s}"),
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    let (mut ok, mut limited) = (0u64, 0u64);
+    for t in tasks {
+        let (o, l) = t.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    // GCRA with a one-minute burst: the burst plus the refill over the run.
+    let expected = RPM as f64 + RPM as f64 / 60.0 * started.elapsed().as_secs_f64();
+    eprintln!(
+        "rate limit across processes: {ok} admitted, {limited} refused; one bucket allows {expected:.0}"
+    );
+    assert!(limited > 0, "the load must exceed the limit");
+    assert!(
+        (ok as f64) <= expected + 1.0 && (ok as f64) >= expected * 0.95,
+        "admitted {ok}, expected {expected:.0}"
+    );
+
     let (btenant, bkey) = served_tenant(&one.base, &op, "budgeted").await;
     let pricing =
         json!({"models": {"gpt-4o-mini": {"input_per_mtok": "1000.00", "output_per_mtok": "1000.00"}}});

@@ -490,6 +490,31 @@ fn serve(data: &str, envs: &[(&str, &str)]) -> (Child, String, String) {
     }
 }
 
+/// `bulkhead worker` with its metrics listener on a free loopback port;
+/// the child (reaped by `stop`) and the listener's `/metrics` URL.
+#[allow(clippy::zombie_processes)]
+fn worker_with_metrics(data_dir: &str, envs: &[(&str, &str)]) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--data-dir", data_dir])
+        .env("BULKHEAD_METRICS_LISTEN", "127.0.0.1:0")
+        .env("BULKHEAD_MASTER_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn worker");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the worker exited early");
+        if let Some(url) = line.trim_end().strip_prefix("metrics on ") {
+            return (child, url.to_owned());
+        }
+    }
+}
+
 fn stop(mut child: Child) {
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -599,23 +624,7 @@ async fn traces_go_to_the_configured_otlp_endpoint_with_the_tenant() {
 #[tokio::test]
 async fn a_worker_serves_its_metrics_on_its_own_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["worker", "--data-dir", dir.path().to_str().unwrap()])
-        .env("BULKHEAD_METRICS_LISTEN", "127.0.0.1:0")
-        .env("BULKHEAD_MASTER_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn worker");
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the worker exited early");
-        if let Some(url) = line.trim_end().strip_prefix("metrics on ") {
-            break url.to_owned();
-        }
-    };
+    let (child, url) = worker_with_metrics(dir.path().to_str().unwrap(), &[]);
     let res = reqwest::get(&url).await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
@@ -666,24 +675,8 @@ async fn a_metrics_token_closes_metrics_to_everyone_else() {
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
     tokio::task::spawn_blocking(move || stop(child)).await.unwrap();
 
-    let mut worker = Command::new(BIN)
-        .args(["worker", "--data-dir", dir.path().to_str().unwrap()])
-        .env("BULKHEAD_METRICS_LISTEN", "127.0.0.1:0")
-        .env("BULKHEAD_METRICS_TOKEN", token)
-        .env("BULKHEAD_MASTER_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn worker");
-    let mut reader = BufReader::new(worker.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the worker exited early");
-        if let Some(url) = line.trim_end().strip_prefix("metrics on ") {
-            break url.to_owned();
-        }
-    };
+    let (worker, url) =
+        worker_with_metrics(dir.path().to_str().unwrap(), &[("BULKHEAD_METRICS_TOKEN", token)]);
     assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
     assert_eq!(http.get(&url).bearer_auth(token).send().await.unwrap().status(), 200);
     tokio::task::spawn_blocking(move || stop(worker)).await.unwrap();

@@ -94,7 +94,7 @@ async function tenantsPage() {
     table([
       {title: 'Tenant', cell: (r) => h('span', {'data-testid': 'tenant-name'}, r.tenant.name)},
       {title: 'Id', cell: (r) => h('code', {title: r.tenant.id}, shortId(r.tenant.id))},
-      {title: 'Tier', cell: (r) => r.tenant.tier},
+      {title: 'Tier', cell: (r) => (r.tenant.cell ? `${r.tenant.tier} · cell ${r.tenant.cell}` : r.tenant.tier)},
       {title: 'Status', cell: (r) => badge(r.tenant.status, r.tenant.status === 'active' ? 'completed' : 'failed')},
       {title: 'Monthly budget', num: true, cell: (r) => (r.budget ? (r.budget.monthly_limit_usd ? usdText(r.budget.monthly_limit_usd) : 'none') : '—')},
       {title: 'Spent this month', num: true, cell: (r) => (r.budget ? usdText(r.budget.spent_month_usd) : '—')},

@@ -10,7 +10,10 @@
 //! control plane never forgets data that still exists); suspending or
 //! resuming it is mirrored to the cell afterwards (a cell that does not
 //! answer is logged: the control plane refuses a suspended tenant's keys
-//! anyway, and repeating the call mirrors it again).
+//! anyway, and repeating the call mirrors it again; so does the proxy when
+//! the cell refuses the tenant as suspended). The operator's platform views
+//! ask the cells for their placed tenants' rows
+//! ([`Cells::ask_placed_cells`]).
 //!
 //! How a forwarded request is authenticated: keys stay authoritative on the
 //! control plane. It mirrors each dedicated tenant's key records — id,
@@ -231,6 +234,49 @@ impl Cells {
         Ok(())
     }
 
+    /// An operator `GET path_and_query` to every cell that holds placed
+    /// tenants, for the platform views (`/v1/usage`, `/v1/overview`): each
+    /// answer with the tenants placed in that cell (the only rows of it a
+    /// view may show: a cell can serve other tenants too), and the names of
+    /// the cells that did not answer 200 — a view shows what answered and
+    /// names the rest, rather than failing whole.
+    pub(crate) async fn ask_placed_cells(
+        &self,
+        op: &OperatorCtx,
+        path_and_query: &str,
+    ) -> Result<CellAnswers, Error> {
+        let mut placed: std::collections::BTreeMap<String, std::collections::HashSet<TenantId>> =
+            std::collections::BTreeMap::new();
+        for (tenant, cell) in self.store.placements(op).await? {
+            placed.entry(cell).or_default().insert(tenant);
+        }
+        let mut out = CellAnswers::default();
+        if placed.is_empty() {
+            return Ok(out);
+        }
+        let cells = self.store.list_cells(op).await?;
+        let calls = cells.into_iter().filter_map(|cell| {
+            let tenants = placed.remove(&cell.name)?;
+            Some(async move {
+                let answer = self.call(&cell, reqwest::Method::GET, path_and_query, None).await;
+                (cell.name, tenants, answer)
+            })
+        });
+        for (name, tenants, answer) in futures::future::join_all(calls).await {
+            match answer {
+                Ok((200, body)) => out.answers.push((tenants, body)),
+                Ok((status, _)) => {
+                    tracing::warn!(cell = %name, status, path = path_and_query, "cell left out of a platform view");
+                    out.missing.push(name);
+                }
+                // `unavailable` has logged it.
+                Err(_) => out.missing.push(name),
+            }
+        }
+        out.missing.sort();
+        Ok(out)
+    }
+
     /// An operator call to a cell, JSON both ways, with the cell's key.
     pub async fn call(
         &self,
@@ -271,6 +317,16 @@ impl Cells {
         tracing::info!(cell = %cell.name, tenant = %ctx.tenant_id(), keys = records.len(), "key records mirrored");
         Ok(())
     }
+}
+
+/// What the cells holding placed tenants answered (see
+/// [`Cells::ask_placed_cells`]).
+#[derive(Debug, Default)]
+pub(crate) struct CellAnswers {
+    /// Per cell that answered: its placed tenants and its answer.
+    pub answers: Vec<(std::collections::HashSet<TenantId>, Value)>,
+    /// Cells that did not answer, by name.
+    pub missing: Vec<String>,
 }
 
 /// Associated data the credential is sealed under.

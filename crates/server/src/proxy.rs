@@ -14,7 +14,11 @@
 //! record and enforces the scope); an operator's is replaced by the cell's
 //! operator key. Bodies stream both ways — a server-sent event reaches the
 //! client as the cell sends it — with a connect timeout and a read timeout
-//! (a stream may last, it may not stall).
+//! (a stream may last, it may not stall). A body of known length up to
+//! [`REPLAY_CAP`] is buffered instead, so that it can be sent again: when
+//! the cell answers `tenant_suspended` for a tenant active here (a resume
+//! whose mirror failed), the status is mirrored again and the request sent
+//! once more; a streamed request gets the cell's answer.
 //!
 //! Invariants: a request routed to a cell is never served from this
 //! deployment's store — a cell that does not answer gives `cell_unavailable`
@@ -29,6 +33,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use bulkhead_core::keys::Principal;
+use bulkhead_core::tenancy::TenantStatus;
 use bulkhead_core::{Code, Error, OperatorCtx, TenantCtx, TenantId};
 use bulkhead_store::Cell;
 use futures::TryStreamExt as _;
@@ -132,6 +137,10 @@ pub async fn dispatch(state: &AppState, principal: &Principal, req: Request, nex
     }
 }
 
+/// Largest request body buffered so that it can be sent to a cell again
+/// (see `forward`); a larger one, or one of unknown length, streams.
+const REPLAY_CAP: usize = 1024 * 1024;
+
 /// How long a request waits for a move of its tenant out of a cell.
 const MOVE_WAIT: Duration = Duration::from_secs(30);
 
@@ -154,6 +163,34 @@ async fn placed(state: &AppState, ctx: &TenantCtx) -> Result<Option<Cell>, Error
             ));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// For a cell that answered `tenant_suspended`: if the tenant is active
+/// here (a resume whose mirror failed), mirrors the status again; `true`
+/// when the cell now has it active. The control plane's record decides:
+/// it refuses a suspended tenant's keys itself, so the reverse drift never
+/// reaches a cell.
+async fn remirror_status(state: &AppState, ctx: &TenantCtx, cell: &Cell) -> bool {
+    // The system reads the tenant's record, as routing does.
+    let system = OperatorCtx::local_cli();
+    match state.store.get_tenant(&system, ctx.tenant_id()).await {
+        Ok(t) if t.status == TenantStatus::Active => {}
+        Ok(_) => return false,
+        Err(e) => {
+            tracing::warn!(tenant = %ctx.tenant_id(), error = %e, "could not read the tenant to re-mirror its status");
+            return false;
+        }
+    }
+    match state.cells.mirror_status(&system, ctx.tenant_id(), TenantStatus::Active).await {
+        Ok(()) => {
+            tracing::info!(cell = %cell.name, tenant = %ctx.tenant_id(), "cell held an active tenant suspended; status re-mirrored");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(cell = %cell.name, tenant = %ctx.tenant_id(), error = %e, "re-mirroring the tenant's status failed");
+            false
+        }
     }
 }
 
@@ -244,16 +281,58 @@ async fn forward(
     headers.insert(FORWARDED_MARK, HeaderValue::from_static("1"));
 
     tracing::debug!(cell = %cell.name, tenant = %ctx.tenant_id(), operator, "forwarding to cell");
-    let upstream = state
-        .cells
-        .http()
-        .request(parts.method.clone(), &url)
-        .headers(headers)
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
-        .send()
-        .await
-        .map_err(|e| unavailable(&cell.name, e))?;
+    // A small body of known length is buffered, so the request can be sent
+    // again (see below); any other streams through and cannot be.
+    let replayable =
+        axum::body::HttpBody::size_hint(&body).exact().is_some_and(|len| len <= REPLAY_CAP as u64);
+    let (mut body, buffered) = if replayable {
+        let bytes = axum::body::to_bytes(body, REPLAY_CAP)
+            .await
+            .map_err(|_| Error::invalid("the request body is larger than its Content-Length said"))?;
+        (None, Some(bytes))
+    } else {
+        (Some(body), None)
+    };
+    let send = |body: reqwest::Body| {
+        state.cells.http().request(parts.method.clone(), &url).headers(headers.clone()).body(body).send()
+    };
+    let outgoing = |body: &mut Option<Body>| match (&buffered, body.take()) {
+        (Some(bytes), _) => reqwest::Body::from(bytes.clone()),
+        (None, Some(stream)) => reqwest::Body::wrap_stream(stream.into_data_stream()),
+        (None, None) => reqwest::Body::from(Vec::new()),
+    };
+    let mut upstream = send(outgoing(&mut body)).await.map_err(|e| unavailable(&cell.name, e))?;
 
+    let respond = |status: reqwest::StatusCode, from: &HeaderMap| {
+        let mut response = Response::builder().status(status.as_u16());
+        if let Some(out) = response.headers_mut() {
+            *out = end_to_end(from);
+            out.insert(
+                CELL_HEADER,
+                HeaderValue::try_from(cell.name.as_str()).expect("cell names are header-safe"),
+            );
+        }
+        response
+    };
+    // The cell holds a tenant suspended that is active here: a resume
+    // whose mirror failed. Mirror again; a replayable request is sent once
+    // more, a streamed one gets the cell's answer (the next one works).
+    // The body of a 403 is read to learn its code (error bodies are small).
+    if upstream.status() == reqwest::StatusCode::FORBIDDEN {
+        let (status, headers) = (upstream.status(), upstream.headers().clone());
+        let bytes = upstream.bytes().await.map_err(|e| unavailable(&cell.name, e))?;
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error")?.get("code")?.as_str().map(str::to_owned));
+        let retry = code.as_deref() == Some(Code::TenantSuspended.as_str())
+            && remirror_status(state, ctx, cell).await
+            && buffered.is_some();
+        if !retry {
+            return respond(status, &headers).body(Body::from(bytes)).map_err(Error::internal);
+        }
+        tracing::info!(cell = %cell.name, tenant = %ctx.tenant_id(), "sending again after re-mirroring the status");
+        upstream = send(outgoing(&mut body)).await.map_err(|e| unavailable(&cell.name, e))?;
+    }
     let status = upstream.status();
     if status == reqwest::StatusCode::UNAUTHORIZED && !operator {
         // The cell does not know a key this control plane accepted: its
@@ -266,14 +345,7 @@ async fn forward(
             }
         });
     }
-    let mut response = Response::builder().status(status.as_u16());
-    if let Some(out) = response.headers_mut() {
-        *out = end_to_end(upstream.headers());
-        out.insert(
-            CELL_HEADER,
-            HeaderValue::try_from(cell.name.as_str()).expect("cell names are header-safe"),
-        );
-    }
+    let response = respond(status, upstream.headers());
     let cell_name = cell.name.clone();
     let stream = upstream.bytes_stream().map_err(move |e| {
         tracing::warn!(cell = %cell_name, error = %e, "stream from cell broke off");

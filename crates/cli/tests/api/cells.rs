@@ -531,3 +531,113 @@ async fn tenant_move_into_a_cell_from_the_command_line() {
     assert!(rows.iter().all(|t| t == "platform_audit_entries"), "{rows:?}");
     cp.get(&format!("/v1/tenants/{}", t.id), &cp.operator_key).await.expect_error(404, "not_found");
 }
+
+/// A resume whose mirror failed leaves the cell holding the tenant
+/// suspended: the proxy notices the cell's `tenant_suspended` for a tenant
+/// active here, mirrors the status again and sends the request once more,
+/// so the tenant's next request works without an operator.
+async fn status_drift_is_repaired_by_the_proxy(backend: &'static str) {
+    let cp = TestServer::start(backend).await;
+    let cell = start_cell(backend, &cp.master_key).await;
+    register(&cp, &cell, "drift").await.expect(201);
+    let t = cp.tenant("drifter", json!({})).await;
+    move_tenant(&cp, &t.id, json!({"tier": "dedicated", "cell": "drift"})).await;
+
+    // As after a resume that did not reach the cell: active here, suspended there.
+    let suspend = format!("/v1/tenants/{}/suspend", t.id);
+    cell.call(Method::POST, &suspend, Some(&cell.operator_key), None).await.expect(200);
+    assert_eq!(
+        (status_at(&cp, &t.id).await, status_at(&cell, &t.id).await),
+        ("active".into(), "suspended".into())
+    );
+    cell.get("/v1/threads", &t.app_key).await.expect_error(403, "tenant_suspended");
+
+    // A request with a body is sent again after the re-mirror, and succeeds.
+    let created = cp.post("/v1/threads", &t.app_key, json!({"metadata": {"k": "drift"}})).await;
+    let id = created.expect(201)["id"].as_str().unwrap().to_owned();
+    assert!(rows_with(&cell.stored_rows().await, &id).iter().any(|t| t == "threads"));
+    assert_eq!(status_at(&cell, &t.id).await, "active");
+    cp.get(&format!("/v1/threads/{id}"), &t.app_key).await.expect(200);
+    assert!(captured_logs().contains("status re-mirrored"));
+
+    // Again, with a bodiless request.
+    cell.call(Method::POST, &suspend, Some(&cell.operator_key), None).await.expect(200);
+    cp.get("/v1/threads", &t.app_key).await.expect(200);
+    assert_eq!(status_at(&cell, &t.id).await, "active");
+
+    // Suspended here too: refused here, and nothing is re-mirrored.
+    cp.call(Method::POST, &suspend, Some(&cp.operator_key), None).await.expect(200);
+    cp.get("/v1/threads", &t.app_key).await.expect_error(403, "tenant_suspended");
+    assert_eq!(status_at(&cell, &t.id).await, "suspended");
+}
+both_backends!(status_drift_is_repaired_by_the_proxy);
+
+/// Records usage events for `tenant` as `server`'s operator.
+async fn ingest(server: &TestServer, tenant: &str, body: Value) -> Resp {
+    let key = server.operator_key.clone();
+    server
+        .call_with(Method::POST, "/v1/usage/events", Some(&key), Some(body), &[("x-tenant-id", tenant)])
+        .await
+}
+
+/// The operator's platform views include the tenants placed in cells — and
+/// only those of a cell's tenants — and name a cell that does not answer.
+async fn platform_views_include_cells(backend: &'static str) {
+    let cp = TestServer::start(backend).await;
+    let cell = start_cell(backend, &cp.master_key).await;
+    let op = cp.operator_key.clone();
+    register(&cp, &cell, "views").await.expect(201);
+    let (a, local) = (cp.tenant("in-cell", json!({})).await, cp.tenant("at-home", json!({})).await);
+    move_tenant(&cp, &a.id, json!({"tier": "dedicated", "cell": "views"})).await;
+    // A tenant of the cell's own, not the control plane's.
+    let stranger = cell.tenant("strangers", json!({})).await;
+
+    let event = |id: &str, tokens: i64| {
+        json!({"events": [{"id": id, "kind": "llm", "name": "gpt-4o-mini", "input_tokens": tokens,
+            "output_tokens": 1, "cost_usd": "0.5"}]})
+    };
+    // Through the proxy for the dedicated tenant; directly for the others.
+    let through = ingest(&cp, &a.id, event("e-a", 100)).await;
+    assert_eq!(through.expect(200)["recorded"], 1);
+    ingest(&cp, &local.id, event("e-local", 10)).await.expect(200);
+    ingest(&cell, &stranger.id, event("e-stranger", 1000)).await.expect(200);
+
+    let usage = cp.get("/v1/usage?group_by=tenant", &op).await;
+    let rows = usage.expect(200)["data"].as_array().unwrap().clone();
+    let row = |id: &str| rows.iter().find(|r| r["tenant_id"] == id).cloned();
+    assert_eq!(row(&a.id).expect("the dedicated tenant's usage")["input_tokens"], 100, "{}", usage.text);
+    assert_eq!(row(&local.id).unwrap()["input_tokens"], 10);
+    assert!(row(&stranger.id).is_none(), "a tenant of the cell's own: {}", usage.text);
+    assert!(usage.body.get("missing_cells").is_none(), "{}", usage.text);
+    // Without a tenant group, the cell's rows merge into the same groups.
+    let total = cp.get("/v1/usage?group_by=model", &op).await;
+    let total = total.expect(200)["data"].as_array().unwrap().clone();
+    assert_eq!(total.len(), 1, "{total:?}");
+    assert_eq!((total[0]["input_tokens"].as_i64(), total[0]["events"].as_i64()), (Some(110), Some(2)));
+    assert_eq!(total[0]["cost_usd"], "1.00");
+    cp.get("/v1/usage?group_by=nonsense", &op).await.expect_error(400, "invalid_request");
+
+    // The overview: the cell's refusals of the dedicated tenant's requests.
+    let limits = json!({"requests_per_minute": 1});
+    cp.call(Method::PUT, &format!("/v1/tenants/{}/limits", a.id), Some(&op), Some(limits)).await.expect(200);
+    let mut limited = false;
+    for _ in 0..5 {
+        limited |= cp.get("/v1/threads", &a.app_key).await.status == 429;
+    }
+    assert!(limited, "the cell enforces the limit");
+    let overview = cp.get("/v1/overview", &op).await;
+    let tenants = overview.expect(200)["tenants"].as_array().unwrap().clone();
+    let seen = tenants.iter().find(|r| r["tenant_id"] == a.id.as_str()).expect("the dedicated tenant");
+    assert!(seen["refusals"]["rate_limit"].as_u64().unwrap() >= 1, "{}", overview.text);
+    assert!(overview.body.get("missing_cells").is_none());
+
+    // The cell goes down: both views answer, naming it.
+    drop(cell);
+    wait_cell_down(&cp, &a.app_key).await;
+    let usage = cp.get("/v1/usage?group_by=tenant", &op).await;
+    assert_eq!(usage.expect(200)["missing_cells"], json!(["views"]), "{}", usage.text);
+    assert!(usage.text.contains(&local.id) && !usage.text.contains(&a.id));
+    let overview = cp.get("/v1/overview", &op).await;
+    assert_eq!(overview.expect(200)["missing_cells"], json!(["views"]), "{}", overview.text);
+}
+both_backends!(platform_views_include_cells);

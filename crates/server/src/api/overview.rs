@@ -15,6 +15,10 @@
 //! in the run's status and the tenant's audit log instead. At most
 //! [`MAX_TENANTS`] tenants are counted one by one; refusals of further
 //! tenants go to `other`.
+//!
+//! Tenants placed in cells are served there: their queue and refusals come
+//! from each cell's own overview (its placed tenants' rows only); a cell
+//! that does not answer is named in `missing_cells`.
 
 use std::collections::BTreeMap;
 use std::sync::{LazyLock, Mutex};
@@ -27,7 +31,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use bulkhead_core::TenantId;
 use bulkhead_core::keys::Principal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -48,7 +52,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Requests refused, by reason.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Refusals {
     /// 429: a rate or concurrency limit, or a full run queue.
     pub rate_limit: u64,
@@ -65,6 +69,12 @@ impl Refusals {
             Refusal::Budget => self.budget += 1,
             Refusal::Policy => self.policy += 1,
         }
+    }
+
+    fn absorb(&mut self, other: Refusals) {
+        self.rate_limit += other.rate_limit;
+        self.budget += other.budget;
+        self.policy += other.policy;
     }
 
     fn is_zero(&self) -> bool {
@@ -162,7 +172,7 @@ pub async fn count_refusals(req: Request, next: Next) -> Response {
 }
 
 /// One tenant's live numbers.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TenantActivity {
     #[schema(value_type = String, format = Uuid)]
     pub tenant_id: TenantId,
@@ -183,6 +193,10 @@ pub struct Overview {
     pub other_refusals: Refusals,
     /// Since when this process counts refusals (RFC 3339).
     pub counting_since: String,
+    /// Cells holding dedicated tenants that did not answer, so their
+    /// tenants are not in `tenants`. Absent when every cell answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_cells: Vec<String>,
 }
 
 /// Queue depth and active runs per tenant, and the requests refused for a
@@ -209,10 +223,32 @@ async fn overview(State(state): State<AppState>, Operator(op): Operator) -> ApiR
     for (tenant_id, counted) in refusals.into_iter().filter(|(_, r)| !r.is_zero()) {
         tenants.insert(tenant_id, TenantActivity { tenant_id, queued: 0, running: 0, refusals: counted });
     }
+    // Tenants placed in cells: their runs and the refusals of their
+    // (forwarded) requests are the cells'. Only the placed tenants' rows of
+    // each cell count; its other tenants and its `other_refusals` are not
+    // this control plane's.
+    let cells = state.cells.ask_placed_cells(&op, "/v1/overview").await?;
+    for (placed, answer) in cells.answers {
+        let rows: Vec<TenantActivity> = serde_json::from_value(answer["tenants"].clone()).map_err(|e| {
+            crate::ApiError(bulkhead_core::Error::internal(format!("a cell's overview did not parse: {e}")))
+        })?;
+        for row in rows.into_iter().filter(|r| placed.contains(&r.tenant_id)) {
+            let entry = tenants.entry(row.tenant_id).or_insert(TenantActivity {
+                tenant_id: row.tenant_id,
+                queued: 0,
+                running: 0,
+                refusals: Refusals::default(),
+            });
+            entry.queued += row.queued;
+            entry.running += row.running;
+            entry.refusals.absorb(row.refusals);
+        }
+    }
     Ok(Json(Overview {
         tenants: tenants.into_values().collect(),
         other_refusals,
         counting_since: super::agents::rfc3339(*SINCE),
+        missing_cells: cells.missing,
     }))
 }
 

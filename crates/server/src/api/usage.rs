@@ -100,7 +100,7 @@ impl UsageParams {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UsageRowView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
@@ -121,6 +121,34 @@ pub struct UsageRowView {
     /// Exact decimal string, e.g. `"0.0075"`.
     #[schema(value_type = String)]
     pub cost_usd: Money,
+}
+
+impl UsageRowView {
+    /// Adds `other`'s sums to this row's (same group).
+    fn absorb(&mut self, other: &UsageRowView) {
+        self.events += other.events;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.quantity += other.quantity;
+        self.cost_usd = self.cost_usd.saturating_add(other.cost_usd);
+    }
+
+    /// Compares two rows by the groups, in the order asked (as the store
+    /// orders them).
+    fn cmp_by(&self, other: &Self, group_by: &[GroupBy]) -> std::cmp::Ordering {
+        group_by
+            .iter()
+            .map(|g| match g {
+                GroupBy::Tenant => self.tenant_id.cmp(&other.tenant_id),
+                GroupBy::Day => self.day.cmp(&other.day),
+                GroupBy::Kind => self.kind.cmp(&other.kind),
+                GroupBy::Name => self.model.cmp(&other.model),
+                GroupBy::Agent => self.agent_id.cmp(&other.agent_id),
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    }
 }
 
 impl From<UsageRow> for UsageRowView {
@@ -144,10 +172,17 @@ impl From<UsageRow> for UsageRowView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageSummary {
     pub data: Vec<UsageRowView>,
+    /// Operator, all tenants: cells holding dedicated tenants that did not
+    /// answer, so their tenants' usage is not in `data`. Absent when every
+    /// cell answered (and for one tenant's usage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_cells: Vec<String>,
 }
 
 /// Usage and cost, grouped as asked: a tenant admin sees its own; an
 /// operator sees the tenant in `X-Tenant-ID`, or every tenant without it.
+/// Every tenant includes those placed in cells; a cell that does not answer
+/// is named in `missing_cells`.
 #[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("bearer" = [])), params(UsageParams),
     responses((status = 200, body = UsageSummary), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn usage_summary(
@@ -162,11 +197,85 @@ async fn usage_summary(
         Caller::Tenant(ctx) => {
             state.store.usage_summary(UsageScope::Tenant(ctx), &params.query(false)?).await?
         }
-        Caller::Operator(op) => {
-            state.store.usage_summary(UsageScope::Platform(op), &params.query(true)?).await?
-        }
+        Caller::Operator(op) => return platform_usage(&state, op, &params).await.map(Json),
     };
-    Ok(Json(UsageSummary { data: rows.into_iter().map(UsageRowView::from).collect() }))
+    Ok(Json(UsageSummary {
+        data: rows.into_iter().map(UsageRowView::from).collect(),
+        missing_cells: Vec::new(),
+    }))
+}
+
+/// Every tenant's usage: this store's, and that of the tenants placed in
+/// cells, asked of each cell grouped by tenant (a cell may serve other
+/// tenants, whose rows are dropped), merged into the groups asked for.
+async fn platform_usage(
+    state: &AppState,
+    op: &bulkhead_core::OperatorCtx,
+    params: &UsageParams,
+) -> ApiResult<UsageSummary> {
+    let query = params.query(true)?;
+    let by_tenant = query.group_by.contains(&GroupBy::Tenant);
+    // The cells are asked with `tenant` among the groups, to keep only
+    // their placed tenants' rows.
+    let mut url = reqwest::Url::parse("http://cell/v1/usage").expect("a valid URL");
+    {
+        let mut pairs = url.query_pairs_mut();
+        let raw = [
+            ("from", params.from.as_deref()),
+            ("to", params.to.as_deref()),
+            ("kind", params.kind.as_deref()),
+            ("model", params.model.as_deref()),
+        ];
+        for (name, value) in raw {
+            if let Some(v) = value {
+                pairs.append_pair(name, v);
+            }
+        }
+        for (name, value) in [("agent_id", params.agent_id), ("run_id", params.run_id)] {
+            if let Some(v) = value {
+                pairs.append_pair(name, &v.to_string());
+            }
+        }
+        let name = |g: &GroupBy| match g {
+            GroupBy::Tenant => "tenant",
+            GroupBy::Day => "day",
+            GroupBy::Kind => "kind",
+            GroupBy::Name => "model",
+            GroupBy::Agent => "agent",
+        };
+        let mut groups: Vec<&str> = query.group_by.iter().map(name).collect();
+        if !by_tenant {
+            groups.push("tenant");
+        }
+        pairs.append_pair("group_by", &groups.join(","));
+    }
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+    let cells = state.cells.ask_placed_cells(op, &path).await?;
+    let local = state.store.usage_summary(UsageScope::Platform(op), &query).await?;
+    let mut data: Vec<UsageRowView> = local.into_iter().map(UsageRowView::from).collect();
+    if cells.answers.is_empty() {
+        return Ok(UsageSummary { data, missing_cells: cells.missing });
+    }
+    for (tenants, answer) in cells.answers {
+        let rows: Vec<UsageRowView> = serde_json::from_value(answer["data"].clone())
+            .map_err(|e| ApiError(Error::internal(format!("a cell's usage did not parse: {e}"))))?;
+        for mut row in rows.into_iter().filter(|r| r.tenant_id.is_some_and(|t| tenants.contains(&t))) {
+            if !by_tenant {
+                row.tenant_id = None;
+            }
+            data.push(row);
+        }
+    }
+    // Same groups, one row; in the store's order.
+    data.sort_by(|a, b| a.cmp_by(b, &query.group_by));
+    let mut merged: Vec<UsageRowView> = Vec::with_capacity(data.len());
+    for row in data {
+        match merged.last_mut() {
+            Some(last) if last.cmp_by(&row, &query.group_by).is_eq() => last.absorb(&row),
+            _ => merged.push(row),
+        }
+    }
+    Ok(UsageSummary { data: merged, missing_cells: cells.missing })
 }
 
 const EXPORT_PAGE: i64 = 1_000;

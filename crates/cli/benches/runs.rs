@@ -2,14 +2,16 @@
 //!
 //! ```sh
 //! cargo bench -p bulkhead --bench runs                    # SQLite
-//! BULKHEAD_BENCH_DATABASE_URL=postgres://… cargo bench -p bulkhead --bench runs   # and PostgreSQL
+//! BULKHEAD_BENCH_DATABASE_URL=postgres://…/fresh_db cargo bench -p bulkhead --bench runs   # and PostgreSQL (an empty database)
 //! ```
 //!
 //! Runs per second through `bulkhead serve` (release build) with an instant
 //! model (a local upstream in OpenAI's wire format that asks for two tool
 //! calls, then answers: 3 model calls and 2 tool calls per run), with
-//! persistence and metering on; then the memory held while 10,000 runs wait
-//! on a slow model.
+//! persistence and metering on — for a `shared` tenant and an `isolated` one
+//! (its own database) side by side in one server, which shows what routing
+//! by tier costs; then the memory held while 10,000 runs wait on a slow
+//! model.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -79,11 +81,12 @@ fn serve(store: &[String], upstream: &str, op: &str) -> Served {
     Served { child, base, _dir: dir }
 }
 
-async fn setup(http: &reqwest::Client, base: &str, op: &str) -> (String, String, Vec<String>) {
+async fn setup(http: &reqwest::Client, base: &str, op: &str, tier: &str) -> (String, String, Vec<String>) {
     let t: Value = http
         .post(format!("{base}/v1/tenants"))
         .bearer_auth(op)
-        .json(&json!({"name": "bench"}))
+        .json(&json!({"name": format!("bench-{}-{}", tier.replace(':', "-"), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+                      "tier": if tier.starts_with("dedicated") { "shared" } else { tier }}))
         .send()
         .await
         .unwrap()
@@ -91,7 +94,7 @@ async fn setup(http: &reqwest::Client, base: &str, op: &str) -> (String, String,
         .await
         .unwrap();
     let tid = t["id"].as_str().unwrap().to_owned();
-    let limits = json!({"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000, "concurrent_runs": 1000});
+    let limits = json!({"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000, "tool_calls_per_minute": 10_000_000, "concurrent_runs": 1000});
     http.put(format!("{base}/v1/tenants/{tid}/limits")).bearer_auth(op).json(&limits).send().await.unwrap();
     let k: Value = http
         .post(format!("{base}/v1/tenants/{tid}/keys"))
@@ -104,6 +107,18 @@ async fn setup(http: &reqwest::Client, base: &str, op: &str) -> (String, String,
         .await
         .unwrap();
     let key = k["secret"].as_str().unwrap().to_owned();
+    if let Some(cell) = tier.strip_prefix("dedicated:") {
+        // Moved into the cell before it has anything: from here on the
+        // control plane proxies every call of the tenant to the cell.
+        let moved = http
+            .post(format!("{base}/v1/tenants/{tid}/move"))
+            .bearer_auth(op)
+            .json(&json!({"tier": "dedicated", "cell": cell}))
+            .send()
+            .await
+            .unwrap();
+        assert!(moved.status().is_success(), "{}", moved.text().await.unwrap());
+    }
     let spec = json!({"model": "gpt-4o-mini", "tools": ["calculator"], "memory": {"strategy": "last_n", "last_n": 10}});
     let a: Value = http
         .post(format!("{base}/v1/agents"))
@@ -168,30 +183,52 @@ async fn bench(label: &str, store: Vec<String>) {
     let op = format!("bh_op_00000000cafe_{}", "c".repeat(43));
     let http = reqwest::Client::new();
 
-    // Throughput with an instant model.
+    // Throughput with an instant model, one tier after the other. The
+    // dedicated tenant's cell is a second server (SQLite, its own data dir)
+    // sharing the master key; its runs execute there, behind the proxy.
     let fast = upstream(Duration::ZERO).await;
     let served = serve(&store, &fast, &op);
-    let (key, agent, threads) = setup(&http, &served.base, &op).await;
+    let cell_op = format!("bh_op_00000000ce11_{}", "d".repeat(43));
+    let cell = serve(&[], &fast, &cell_op);
     let n = 1_000;
-    let start = Instant::now();
-    submit(&http, &served.base, &key, &agent, &threads, n).await;
-    while finished_runs(&http, &served.base).await < n as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Moves restore into the same backend only, and the cell is SQLite.
+    let tiers: &[&str] =
+        if store.is_empty() { &["shared", "isolated", "dedicated:cell-1"] } else { &["shared", "isolated"] };
+    if store.is_empty() {
+        let registered = http
+            .post(format!("{}/v1/cells", served.base))
+            .bearer_auth(&op)
+            .json(&json!({"name": "cell-1", "base_url": cell.base, "operator_key": cell_op}))
+            .send()
+            .await
+            .unwrap();
+        assert!(registered.status().is_success(), "{}", registered.text().await.unwrap());
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{label:<9} {n} runs (3 model calls + 2 tool calls each): {:.0} runs/s, {:.1} s",
-        n as f64 / secs,
-        secs
-    );
-    let _ = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status();
-    let mut served = served;
-    let _ = served.child.wait();
+    for &tier in tiers {
+        let (key, agent, threads) = setup(&http, &served.base, &op, tier).await;
+        let counted = if tier.starts_with("dedicated") { &cell.base } else { &served.base };
+        let done_before = finished_runs(&http, counted).await;
+        let start = Instant::now();
+        submit(&http, &served.base, &key, &agent, &threads, n).await;
+        while finished_runs(&http, counted).await < done_before + n as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{label:<9} {tier:<16} {n} runs (3 model calls + 2 tool calls each): {:.0} runs/s, {:.1} s",
+            n as f64 / secs,
+            secs
+        );
+    }
+    for mut s in [served, cell] {
+        let _ = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status();
+        let _ = s.child.wait();
+    }
 
     // Memory while 10,000 runs wait on a slow model.
     let slow = upstream(Duration::from_secs(600)).await;
     let served = serve(&store, &slow, &op);
-    let (key, agent, threads) = setup(&http, &served.base, &op).await;
+    let (key, agent, threads) = setup(&http, &served.base, &op, "shared").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_mb(served.child.id());
     submit(&http, &served.base, &key, &agent, &threads, 10_000).await;

@@ -432,8 +432,11 @@ impl RoutedStore {
         };
         let gate = self.gate(id);
         let asked = Instant::now();
-        let held = gate.write_owned().await;
+        // `bulk` before the gate, the order lease recovery takes them in
+        // (it holds `bulk` while it reads each isolated tenant's gate):
+        // the other order deadlocks a move against a recovery sweep.
         let bulk = self.bulk.write().await;
+        let held = gate.write_owned().await;
         let copied = async {
             self.clear_target(op, id, to).await?;
             let source = self.data_store(id, from).await?;
